@@ -1,0 +1,48 @@
+"""neurode: neural ODEs in PyTorch with exact, memory-bounded gradients."""
+
+from ._loop import SolveStats
+from .errors import (
+    FunctionOutputError,
+    InvalidOptionError,
+    InvalidStateError,
+    InvalidTimesError,
+    MaxStepsExceededError,
+    NeurodeError,
+    NonFiniteStateError,
+    StepSizeUnderflowError,
+    UnknownMethodError,
+    UnsupportedCombinationError,
+)
+from .gradients import Adjoint, Checkpoint, Direct, GradientMethod, ReversibleGradient
+from .odeint import METHODS, Solution, odeint, solve
+from .solvers import ALF, ButcherTableau, Reversible, RungeKutta, Solver
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ALF",
+    "Adjoint",
+    "ButcherTableau",
+    "Checkpoint",
+    "Direct",
+    "FunctionOutputError",
+    "GradientMethod",
+    "InvalidOptionError",
+    "InvalidStateError",
+    "InvalidTimesError",
+    "METHODS",
+    "MaxStepsExceededError",
+    "NeurodeError",
+    "NonFiniteStateError",
+    "Reversible",
+    "ReversibleGradient",
+    "RungeKutta",
+    "Solution",
+    "SolveStats",
+    "Solver",
+    "StepSizeUnderflowError",
+    "UnknownMethodError",
+    "UnsupportedCombinationError",
+    "odeint",
+    "solve",
+]

@@ -1,0 +1,314 @@
+"""The one stepping loop.
+
+Every gradient method drives this loop; they differ only in what they record
+(through ``on_step``) and in what they do with the record afterwards. The loop
+hits every requested output time exactly, controls the step size, counts
+evaluations and raises clear errors. It knows nothing of autograd: whether a
+graph is built is decided by the caller (``torch.no_grad`` or not).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from .errors import (
+    FunctionOutputError,
+    MaxStepsExceededError,
+    NonFiniteStateError,
+    StepSizeUnderflowError,
+)
+from .solvers.base import Solver, State
+from .solvers.controller import Adaptive, FixedGrid
+
+_EPS = 2.220446049250313e-16  # float64 machine epsilon: times are float64
+
+
+@dataclass
+class SolveStats:
+    """Counters of one solve. Backward counters are filled in when gradients are taken.
+
+    Attributes:
+        nfe_forward: evaluations of ``f`` in the forward solve (including the
+            initial-step heuristic and the solver's initial state).
+        nfe_backward: evaluations of ``f`` during the backward pass.
+        accepted_steps / rejected_steps: adaptive bookkeeping of the forward solve.
+        recomputed_steps: steps re-run without a graph in backward to rebuild
+            states (checkpointing with a budget); each step's graph replay is not counted.
+        backward_steps: steps taken by the adjoint's backward solve.
+    """
+
+    nfe_forward: int = 0
+    nfe_backward: int = 0
+    accepted_steps: int = 0
+    rejected_steps: int = 0
+    recomputed_steps: int = 0
+    backward_steps: int = 0
+
+    @property
+    def nfe(self) -> int:
+        return self.nfe_forward + self.nfe_backward
+
+    def as_dict(self) -> dict:
+        return {
+            "nfe_forward": self.nfe_forward,
+            "nfe_backward": self.nfe_backward,
+            "accepted_steps": self.accepted_steps,
+            "rejected_steps": self.rejected_steps,
+            "recomputed_steps": self.recomputed_steps,
+            "backward_steps": self.backward_steps,
+        }
+
+
+class Field:
+    """The user's ``func(t, y)`` seen by solvers as ``f(t: float, y: Tensor)``.
+
+    Converts the float64 time to a 0-d tensor of the state's dtype and device,
+    maps flat states to the user's tuple structure and back, checks every
+    output and counts evaluations into ``stats`` (forward or backward).
+    """
+
+    def __init__(self, func: Callable, like: Tensor, stats: SolveStats, structure=None):
+        self.func = func
+        self.shape = like.shape
+        self.dtype = like.dtype
+        self.device = like.device
+        self.stats = stats
+        self.backward = False
+        self.structure = structure  # None, or the (shapes, numels) of a tuple state
+
+    def __call__(self, t: float, y: Tensor) -> Tensor:
+        if self.backward:
+            self.stats.nfe_backward += 1
+        else:
+            self.stats.nfe_forward += 1
+        tt = torch.tensor(t, dtype=self.dtype, device=self.device)
+        if self.structure is None:
+            out = self.func(tt, y)
+            self._check(out, self.shape, "")
+            return out
+        shapes, numels = self.structure
+        parts = tuple(p.view(s) for p, s in zip(y.split(numels), shapes))
+        out = self.func(tt, parts)
+        if not isinstance(out, (tuple, list)) or len(out) != len(shapes):
+            raise FunctionOutputError(
+                f"f(t, y) must return a tuple of {len(shapes)} tensors like y, got "
+                f"{type(out).__name__}{'' if not isinstance(out, (tuple, list)) else f' of {len(out)}'}"
+            )
+        for i, (o, s) in enumerate(zip(out, shapes)):
+            self._check(o, s, f"[{i}]")
+        return torch.cat([o.reshape(-1) for o in out])
+
+    def _check(self, out, shape, where: str) -> None:
+        if not isinstance(out, Tensor):
+            raise FunctionOutputError(
+                f"f(t, y){where} must return a tensor, got {type(out).__name__}"
+            )
+        if out.shape != shape:
+            raise FunctionOutputError(
+                f"f(t, y){where} returned shape {tuple(out.shape)} but the state has shape "
+                f"{tuple(shape)}; dy/dt must have the state's shape"
+            )
+        if out.dtype != self.dtype:
+            raise FunctionOutputError(
+                f"f(t, y){where} returned dtype {out.dtype} but the state is {self.dtype}; "
+                f"cast inside f or give y0 the dtype you want"
+            )
+        if out.device != self.device:
+            raise FunctionOutputError(
+                f"f(t, y){where} returned a tensor on {out.device} but the state is on {self.device}"
+            )
+
+
+class StepRNG:
+    """Makes every step's random draws reproducible, so replays are faithful.
+
+    One base seed is drawn from the global generator per solve; each step
+    attempt runs under a forked generator seeded from (base, attempt). A replay
+    of accepted step ``i`` reuses its key and so draws the same dropout masks.
+    The caller's global generator advances by one draw per solve and is
+    otherwise untouched.
+    """
+
+    def __init__(self, device: torch.device):
+        self.devices = (
+            [device.index if device.index is not None else torch.cuda.current_device()]
+            if device.type == "cuda"
+            else []
+        )
+        self.base = int(torch.randint(0, 2**31 - 1, (1,)).item())
+
+    @contextlib.contextmanager
+    def __call__(self, key: int) -> Iterator[None]:
+        seed = (self.base * 1_000_003 + key) % (2**63 - 1)
+        with torch.random.fork_rng(devices=self.devices):
+            torch.random.default_generator.manual_seed(seed)
+            for d in self.devices:
+                torch.cuda.default_generators[d].manual_seed(seed)
+            yield
+
+
+@dataclass
+class Trajectory:
+    """What every solve records, cheaply: the accepted grid and where outputs fell.
+
+    ``steps[i] = (t_i, h_i)`` of accepted step ``i``; ``out_steps[k]`` is the
+    number of accepted steps taken when output ``k`` was reached; ``keys[i]`` is
+    the random-state key of step ``i`` (when replays need it).
+    """
+
+    steps: list[tuple[float, float]] = field(default_factory=list)
+    out_steps: list[int] = field(default_factory=list)
+    keys: list[int] = field(default_factory=list)
+
+
+OnStep = Callable[[int, float, float, State, State], None]
+
+
+def _first_bad_step(solver, f, x, steps, rng) -> tuple[float, float]:
+    """Re-run an interval without a graph to find the step that produced non-finite values."""
+    with torch.no_grad():
+        for t, h in steps:
+            with rng(0) if rng is not None else contextlib.nullcontext():
+                x, _ = solver.step(f, t, h, x)
+            if not torch.isfinite(x[0]).all():
+                return t, h
+    return steps[-1]
+
+
+def integrate(
+    solver: Solver,
+    f: Field,
+    x0: State,
+    times: list[float],
+    control: FixedGrid | Adaptive,
+    stats: SolveStats,
+    on_step: OnStep | None = None,
+    rng: StepRNG | None = None,
+) -> tuple[list[Tensor], State, Trajectory]:
+    """Integrate from ``times[0]`` through every ``times[k]``.
+
+    Returns the solution ``y`` at every time, the final solver state and the
+    trajectory record. ``on_step(i, t, h, x_before, x_after)`` is called after
+    every accepted step.
+    """
+    traj = Trajectory()
+    outputs = [x0[0]]
+    traj.out_steps.append(0)
+    x = x0
+    n_acc = 0
+    attempts = 0
+
+    def run_step(t: float, h: float, x: State):
+        nonlocal attempts
+        key = attempts
+        attempts += 1
+        if rng is None:
+            return key, solver.step(f, t, h, x)
+        with rng(key):
+            return key, solver.step(f, t, h, x)
+
+    if isinstance(control, FixedGrid):
+        plan = control.plan(times)
+        total = sum(len(iv) for iv in plan)
+        if control.max_steps is not None and total > control.max_steps:
+            raise MaxStepsExceededError(
+                f"the fixed grid needs {total} steps from t={times[0]:.6g} to t={times[-1]:.6g}, "
+                f"more than max_steps={control.max_steps}; use a larger step_size or raise max_steps"
+            )
+        for k, interval in enumerate(plan, start=1):
+            x_start = x
+            for t, h in interval:
+                key, (x_new, _) = run_step(t, h, x)
+                traj.steps.append((t, h))
+                traj.keys.append(key)
+                if on_step is not None:
+                    on_step(n_acc, t, h, x, x_new)
+                n_acc += 1
+                x = x_new
+            y = x[0]
+            if not bool(torch.isfinite(y).all()):
+                tb, hb = _first_bad_step(solver, f, x_start, interval, rng)
+                raise NonFiniteStateError(
+                    f"the state became NaN/Inf in the step from t={tb:.6g} to t={tb + hb:.6g} "
+                    f"(while integrating towards output t={times[k]:.6g}); try a smaller step "
+                    f"size, check f for overflow, or scale the initial state"
+                )
+            outputs.append(y)
+            traj.out_steps.append(n_acc)
+        stats.accepted_steps += n_acc
+        return outputs, x, traj
+
+    # ---- adaptive ----
+    t = times[0]
+    direction = 1.0 if times[-1] > times[0] else -1.0
+    f0 = solver.derivative(x)
+    if f0 is None and control.first_step is None:
+        with torch.no_grad():
+            f0 = f(t, x[0])
+    h = control.initial_step(f, t, x[0], f0, direction, solver.order)
+    if control.min_step:
+        h = max(h, control.min_step)
+    q = solver.error_order
+    r_prev = 1.0
+    rejected = 0
+    last_nonfinite = False
+    for k in range(1, len(times)):
+        t_end = times[k]
+        while (t_end - t) * direction > 0:
+            remaining = abs(t_end - t)
+            h_try = min(h, control.max_step)
+            clipped = h_try >= remaining * 0.99  # land exactly; never leave a sliver
+            h_step = (t_end - t) if clipped else direction * h_try
+            if attempts >= control.max_steps:
+                raise MaxStepsExceededError(
+                    f"max_steps={control.max_steps} reached at t={t:.6g} (h={h_step:.3g}) "
+                    f"before reaching t={t_end:.6g}; loosen rtol/atol, raise max_steps "
+                    f"(options=dict(max_steps=...)), or check whether the problem is stiff"
+                )
+            key, (x_new, err) = run_step(t, h_step, x)
+            r = control.error_ratio(err, x[0], x_new[0])
+            forced = control.min_step > 0 and abs(h_step) <= control.min_step * (1 + 1e-12)
+            finite = math.isfinite(r)
+            if finite and (r <= 1.0 or forced):
+                traj.steps.append((t, h_step))
+                traj.keys.append(key)
+                if on_step is not None:
+                    on_step(n_acc, t, h_step, x, x_new)
+                n_acc += 1
+                t = t_end if clipped else t + h_step
+                x = x_new
+                r_prev = max(r, 1e-4)
+                last_nonfinite = False
+            else:
+                rejected += 1
+                last_nonfinite = not finite
+            h = abs(h_step) * control.factor(r, r_prev, q)
+            h = min(max(h, control.min_step), control.max_step)
+            if h < 16 * _EPS * max(abs(t), abs(t_end)) or h == 0.0:
+                if last_nonfinite:
+                    raise NonFiniteStateError(
+                        f"f(t, y) produces NaN/Inf at every step size tried near t={t:.6g} "
+                        f"(last h={h_step:.3g}); the state at t is finite, so f overflows or "
+                        f"divides by zero just after it"
+                    )
+                raise StepSizeUnderflowError(
+                    f"step size underflow at t={t:.6g}: h={h:.3g} is below what float64 time "
+                    f"can resolve; the problem may be stiff or singular there. Loosen rtol/atol, "
+                    f"set options=dict(min_step=...) to force progress, or use a fixed grid"
+                )
+        y = x[0]
+        if not bool(torch.isfinite(y).all()):
+            raise NonFiniteStateError(
+                f"the state became NaN/Inf before t={t_end:.6g}; check f for overflow"
+            )
+        outputs.append(y)
+        traj.out_steps.append(n_acc)
+    stats.accepted_steps += n_acc
+    stats.rejected_steps += rejected
+    return outputs, x, traj

@@ -1,0 +1,144 @@
+"""The continuous adjoint (Chen et al., "Neural Ordinary Differential Equations", 2018)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .._loop import SolveStats, integrate
+from ..errors import UnsupportedCombinationError
+from ..solvers.base import Solver
+from ..solvers.controller import Adaptive, rms_norm
+from .base import FunctionMethod, Runner, forward_no_graph
+
+
+class Adjoint(FunctionMethod):
+    """Optimise-then-discretise: solve the adjoint ODE backwards in time.
+
+    Backward integrates ``[y, a, a_θ]`` from ``t_K`` to ``t_0`` with
+    ``dy/dt = f``, ``da/dt = −aᵀ∂f/∂y``, ``da_θ/dt = −aᵀ∂f/∂θ``, adding the
+    incoming output gradients to ``a`` (and resetting ``y`` to the stored
+    forward output) at every output time.
+
+    Memory ``O(S + L)``, flat in ``N_t``. Compute: a second solve of a system
+    three times the size, each evaluation costing one VJP.
+
+    **The gradient is approximate.** It is the exact gradient of the ODE, not
+    of the discretisation that produced the forward output, and its ``y`` is
+    rebuilt by integrating backwards, which drifts for non-reversible dynamics
+    (ReLU, convolutions, dissipative ``f``). ANODE (Gholami et al. 2019) shows
+    training can then diverge. Check ``neurode.reconstruction_error`` for your
+    ``f`` before trusting it; prefer ``"checkpoint"`` or ``"reversible"``.
+
+    Args:
+        method: solver for the backward solve (default: the forward solver).
+        rtol, atol: tolerances of the backward solve (default: the forward's).
+        seminorm: leave the ``a_θ`` channels out of the error norm (Kidger,
+            Chen & Lyons 2021); typically ~40% fewer backward evaluations.
+        options: step options for the backward solve (default: the forward's).
+    """
+
+    name = "adjoint"
+
+    def __init__(self, method=None, rtol=None, atol=None, seminorm: bool = False, options=None):
+        self.method = method
+        self.rtol = rtol
+        self.atol = atol
+        self.seminorm = bool(seminorm)
+        self.options = dict(options) if options else None
+        self.preserve_rng = False
+
+    def __repr__(self) -> str:
+        return (
+            f"Adjoint(method={self.method!r}, rtol={self.rtol}, atol={self.atol}, "
+            f"seminorm={self.seminorm})"
+        )
+
+    def check(self, solver: Solver) -> None:
+        pass
+
+    @property
+    def runner_cls(self):
+        return _AdjointRunner
+
+
+class _AdjointRunner(Runner):
+    def forward(self, y0: Tensor) -> list[Tensor]:
+        outputs, _, _ = forward_no_graph(self, y0)
+        self.outputs = outputs
+        return outputs
+
+    def _backward_setup(self, n: int):
+        from ..odeint import resolve_control, resolve_solver  # shared option parsing
+
+        p = self.p
+        m = self.method
+        solver = p.solver if m.method is None else resolve_solver(m.method)
+        if m.options is not None or m.rtol is not None or m.atol is not None:
+            opts = dict(p.options) if m.options is None else dict(m.options)
+            rtol = m.rtol if m.rtol is not None else getattr(p.control, "rtol", 1e-7)
+            atol = m.atol if m.atol is not None else getattr(p.control, "atol", 1e-9)
+            control = resolve_control(solver, rtol, atol, opts)
+        elif isinstance(p.control, Adaptive):
+            control = Adaptive(**{**p.control.__dict__, "norm": None})
+        else:
+            control = p.control
+        if isinstance(control, Adaptive):
+            if not solver.adaptive:
+                raise UnsupportedCombinationError(
+                    f"the adjoint's backward solver {solver.name!r} has no error estimate; give "
+                    f"it step options, e.g. Adjoint(options=dict(step_size=...))"
+                )
+            rtol, atol = control.rtol, control.atol
+            cut = 2 * n if m.seminorm else None
+
+            def norm(err, y0, y1):
+                if cut is not None:
+                    err, y0, y1 = err[:cut], y0[:cut], y1[:cut]
+                return rms_norm(err / (torch.maximum(y0.abs(), y1.abs()) * rtol + atol))
+
+            control.norm = norm
+        return solver, control
+
+    def backward(self, grads: list[Tensor], y0: Tensor):
+        p = self.p
+        shape = y0.shape
+        n = y0.numel()
+        params = p.params
+        numels = [q.numel() for q in params]
+        dtype = y0.dtype
+
+        def aug(t: float, s: Tensor) -> Tensor:
+            y = s[:n].view(shape).detach().requires_grad_(True)
+            a = s[n : 2 * n].view(shape)
+            with torch.enable_grad():
+                fy = p.field(t, y)
+                gs = torch.autograd.grad(fy, (y, *params), a, allow_unused=True)
+            parts = [
+                fy.detach().reshape(-1),
+                -(gs[0] if gs[0] is not None else torch.zeros_like(y)).reshape(-1),
+            ]
+            for g, q, k in zip(gs[1:], params, numels):
+                parts.append(-g.reshape(-1).to(dtype) if g is not None else y.new_zeros(k))
+            return torch.cat(parts)
+
+        solver, control = self._backward_setup(n)
+        a = grads[-1].reshape(-1)
+        a_theta = y0.new_zeros(sum(numels))
+        stats = SolveStats()
+        K = len(p.times) - 1
+        with torch.no_grad():
+            for k in range(K, 0, -1):
+                s0 = torch.cat([self.outputs[k].reshape(-1), a, a_theta])
+                x0 = solver.init(aug, p.times[k], s0)
+                outs, _, _ = integrate(
+                    solver, aug, x0, [p.times[k], p.times[k - 1]], control, stats
+                )
+                s1 = outs[-1]
+                a = s1[n : 2 * n] + grads[k - 1].reshape(-1)
+                a_theta = s1[2 * n :]
+        p.stats.backward_steps += stats.accepted_steps
+        self.outputs = None
+        g_params = list(a_theta.split(numels)) if numels else []
+        g_params = [g.view_as(q) for g, q in zip(g_params, params)]
+        return a.view(shape), g_params

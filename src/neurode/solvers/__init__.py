@@ -1,0 +1,20 @@
+"""Solvers: how one step is taken."""
+
+from .alf import ALF
+from .base import ReversibleSolver, Solver
+from .controller import Adaptive, FixedGrid
+from .reversible import Reversible
+from .rk import RungeKutta
+from .tableau import TABLEAUS, ButcherTableau
+
+__all__ = [
+    "ALF",
+    "Adaptive",
+    "ButcherTableau",
+    "FixedGrid",
+    "Reversible",
+    "ReversibleSolver",
+    "RungeKutta",
+    "Solver",
+    "TABLEAUS",
+]

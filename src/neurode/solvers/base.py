@@ -1,0 +1,77 @@
+"""What a solver is: how one step is taken, and nothing else.
+
+A solver carries a *state* ``x``: a tuple of tensors whose first entry is the
+solution ``y``. Plain Runge–Kutta methods carry ``(y,)``, FSAL methods carry
+``(y, k)`` with ``k = f(t, y)`` (so that gradients flow through the shared stage
+exactly as in backprop through the solver), ALF carries ``(y, v)`` and the
+reversible RK wrapper ``(y, z)``.
+
+``f`` passed to solvers is the library's internal vector field: ``f(t, y)``
+with ``t`` a Python float (times are float64 throughout) and ``y`` a tensor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from torch import Tensor
+
+State = tuple[Tensor, ...]
+VectorField = Callable[[float, Tensor], Tensor]
+
+
+class Solver:
+    """One explicit step. Subclasses set ``name``, ``order`` and ``error_order``.
+
+    ``error_order`` is the order ``q`` of the embedded error estimate, or
+    ``None`` for a method that can only run on a fixed grid.
+    """
+
+    name: str = "solver"
+    order: int = 1
+    error_order: int | None = None
+
+    @property
+    def adaptive(self) -> bool:
+        return self.error_order is not None
+
+    def init(self, f: VectorField, t0: float, y0: Tensor) -> State:
+        """The state at ``t0``; may evaluate ``f`` (FSAL stage, ALF's v₀)."""
+        return (y0,)
+
+    def step(self, f: VectorField, t: float, h: float, x: State) -> tuple[State, Tensor | None]:
+        """Advance from ``(t, x)`` to ``t + h``. Returns the new state and the
+        local error estimate (``None`` for methods without one)."""
+        raise NotImplementedError
+
+    def derivative(self, x: State) -> Tensor | None:
+        """``f(t, y)`` at the current state when the state carries it, else ``None``."""
+        return None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+
+class ReversibleSolver(Solver):
+    """A solver whose step can be undone algebraically.
+
+    ``inverse(f, t, h, x1)`` rebuilds the state at ``t`` from the state at
+    ``t + h``. ``backward_step`` rebuilds the previous state and takes the
+    step's vector–Jacobian product; the default inverts then replays the step
+    with its graph, subclasses may fuse the two (ALF evaluates f once).
+    """
+
+    def inverse(self, f: VectorField, t: float, h: float, x1: State) -> State:
+        raise NotImplementedError
+
+
+def combine(base: Tensor | None, h: float, coeffs: Sequence[float], ks: Sequence[Tensor]) -> Tensor:
+    """``base + h Σ coeffs_j ks_j`` with one fused multiply-add per non-zero term."""
+    out = base
+    for c, k in zip(coeffs, ks):
+        if c == 0.0:
+            continue
+        out = k * (h * c) if out is None else out.add(k, alpha=h * c)
+    if out is None:  # all coefficients zero and no base
+        out = ks[0] * 0.0
+    return out

@@ -1,0 +1,179 @@
+"""Step-size control: fixed grids, the adaptive I/PI controller, the initial step.
+
+Step-size decisions are made on detached values and are never differentiated:
+every gradient method treats the accepted grid ``(t_i, h_i)`` as constants. This
+is what makes checkpoint and reversible gradients *the* gradient of the
+discretisation that was actually run, and it matches torchdiffeq and diffrax.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..errors import InvalidOptionError
+
+
+def _positive(name: str, value, allow_zero: bool = False) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise InvalidOptionError(f"option {name} must be a number, got {value!r}") from None
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise InvalidOptionError(f"option {name} must be finite and {bound}, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class FixedGrid:
+    """A fixed grid: ``step_size`` (the last step of each output interval is
+    shortened to land exactly on the output time), ``steps`` equal steps per
+    output interval, or — neither given — one step per output interval."""
+
+    step_size: float | None = None
+    steps: int | None = None
+    max_steps: int | None = None
+
+    def __post_init__(self):
+        if self.step_size is not None and self.steps is not None:
+            raise InvalidOptionError("give either step_size or steps, not both")
+        if self.step_size is not None:
+            object.__setattr__(self, "step_size", _positive("step_size", self.step_size))
+        if self.steps is not None:
+            if isinstance(self.steps, bool) or int(self.steps) != self.steps or self.steps < 1:
+                raise InvalidOptionError(
+                    f"option steps must be a positive integer, got {self.steps!r}"
+                )
+            object.__setattr__(self, "steps", int(self.steps))
+
+    def interval(self, t0: float, t1: float) -> list[tuple[float, float]]:
+        """The ``(t, h)`` of every step from ``t0`` to ``t1``; the last lands exactly on ``t1``."""
+        span = t1 - t0
+        if self.steps is not None:
+            n = self.steps
+        elif self.step_size is not None:
+            # a remainder below 1e-9 of a step would be a meaningless sliver: absorb it
+            n = max(1, math.ceil(abs(span) / self.step_size - 1e-9))
+        else:
+            n = 1
+        if self.step_size is not None:
+            h = math.copysign(self.step_size, span)
+            starts = [t0 + i * h for i in range(n)]
+        else:
+            starts = [t0 + span * i / n for i in range(n)]
+        ends = starts[1:] + [t1]
+        return [(a, b - a) for a, b in zip(starts, ends)]
+
+    def plan(self, times: list[float]) -> list[list[tuple[float, float]]]:
+        return [self.interval(a, b) for a, b in zip(times[:-1], times[1:])]
+
+
+def rms_norm(x: Tensor) -> Tensor:
+    return x.pow(2).mean().sqrt()
+
+
+@dataclass
+class Adaptive:
+    """Adaptive step-size control.
+
+    Error ratio ``r = RMS(err / (atol + rtol·max(|y|, |y'|)))``; a step is
+    accepted when ``r ≤ 1``. The next step is
+    ``h · clamp(safety · r^(−β₁) · r_prev^(β₂), dfactor, ifactor)`` with
+    ``β₁ = 1/(q+1)`` and ``β₂ = 0`` for the I controller (default) or the PI
+    controller's ``β₁ = 0.7/(q+1)``, ``β₂ = 0.4/(q+1)`` (Hairer–Wanner II, IV.2),
+    ``q`` the order of the embedded error estimate.
+    """
+
+    rtol: float = 1e-7
+    atol: float = 1e-9
+    first_step: float | None = None
+    max_steps: int = 100_000
+    min_step: float = 0.0
+    max_step: float = math.inf
+    safety: float = 0.9
+    ifactor: float = 10.0
+    dfactor: float = 0.2
+    controller: str = "I"
+    norm: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None
+
+    def __post_init__(self):
+        self.rtol = _positive("rtol", self.rtol, allow_zero=True)
+        self.atol = _positive("atol", self.atol, allow_zero=True)
+        if self.rtol == 0 and self.atol == 0:
+            raise InvalidOptionError("rtol and atol cannot both be 0")
+        if self.first_step is not None:
+            self.first_step = _positive("first_step", self.first_step)
+        if (
+            isinstance(self.max_steps, bool)
+            or int(self.max_steps) != self.max_steps
+            or self.max_steps < 1
+        ):
+            raise InvalidOptionError(
+                f"max_steps must be a positive integer, got {self.max_steps!r}"
+            )
+        self.max_steps = int(self.max_steps)
+        self.min_step = _positive("min_step", self.min_step, allow_zero=True)
+        self.max_step = float(self.max_step)
+        if not self.max_step > 0:
+            raise InvalidOptionError(f"max_step must be > 0, got {self.max_step}")
+        if self.min_step > self.max_step:
+            raise InvalidOptionError(f"min_step {self.min_step} exceeds max_step {self.max_step}")
+        self.safety = _positive("safety", self.safety)
+        self.ifactor = _positive("ifactor", self.ifactor)
+        self.dfactor = _positive("dfactor", self.dfactor)
+        if not (self.dfactor < 1.0 < self.ifactor):
+            raise InvalidOptionError(
+                f"need dfactor < 1 < ifactor, got dfactor={self.dfactor}, ifactor={self.ifactor}"
+            )
+        if self.controller not in ("I", "PI"):
+            raise InvalidOptionError(f"controller must be 'I' or 'PI', got {self.controller!r}")
+
+    def error_ratio(self, err: Tensor, y0: Tensor, y1: Tensor) -> float:
+        with torch.no_grad():
+            if self.norm is not None:
+                return float(self.norm(err, y0, y1))
+            scale = torch.maximum(y0.abs(), y1.abs()).mul_(self.rtol).add_(self.atol)
+            return float(rms_norm(err / scale))
+
+    def scaled_norm(self, x: Tensor, y0: Tensor) -> float:
+        with torch.no_grad():
+            if self.norm is not None:
+                return float(self.norm(x, y0, y0))
+            return float(rms_norm(x / (y0.abs() * self.rtol + self.atol)))
+
+    def factor(self, r: float, r_prev: float, q: int) -> float:
+        """The factor by which to multiply h after a step with error ratio ``r``."""
+        if r == 0.0:
+            return self.ifactor
+        if not math.isfinite(r):
+            return self.dfactor
+        if self.controller == "PI":
+            fac = self.safety * r ** (-0.7 / (q + 1)) * r_prev ** (0.4 / (q + 1))
+        else:
+            fac = self.safety * r ** (-1.0 / (q + 1))
+        return min(self.ifactor, max(self.dfactor, fac))
+
+    def initial_step(
+        self, f, t0: float, y0: Tensor, f0: Tensor, direction: float, order: int
+    ) -> float:
+        """Hairer, Nørsett & Wanner, Solving ODEs I, §II.4: one extra evaluation of f."""
+        if self.first_step is not None:
+            return self.first_step
+        with torch.no_grad():
+            d0 = self.scaled_norm(y0, y0)
+            d1 = self.scaled_norm(f0, y0)
+            h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
+            h0 = min(h0, self.max_step)
+            y1 = y0 + f0 * (direction * h0)
+            f1 = f(t0 + direction * h0, y1)
+            d2 = self.scaled_norm(f1 - f0, y0) / h0
+            if max(d1, d2) <= 1e-15:
+                h1 = max(1e-6, h0 * 1e-3)
+            else:
+                h1 = (0.01 / max(d1, d2)) ** (1.0 / (order + 1))
+        return min(100 * h0, h1, self.max_step)

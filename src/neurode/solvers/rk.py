@@ -1,0 +1,67 @@
+"""The generic explicit Runge–Kutta step: one function serves every tableau."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from .base import Solver, State, VectorField, combine
+from .tableau import TABLEAUS, ButcherTableau
+
+
+def rk_step(
+    tab: ButcherTableau, f: VectorField, t: float, h: float, y: Tensor, k0: Tensor | None = None
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """One step of ``tab`` from ``(t, y)``.
+
+    Returns ``(y1, err, k_last)``: ``k_last`` is ``f(t + h, y1)`` for FSAL
+    tableaus (``None`` otherwise), ``err`` the embedded error estimate or ``None``.
+    ``k0``, if given, is ``f(t, y)`` (reused FSAL stage).
+    """
+    ks = [f(t, y) if k0 is None else k0]
+    s = tab.stages
+    y1 = None
+    for i in range(1, s):
+        yi = combine(y, h, tab.a[i], ks)
+        if tab.fsal and i == s - 1:
+            y1 = yi  # the last stage is evaluated at the solution itself
+        ks.append(f(t + tab.c[i] * h, yi))
+    if y1 is None:
+        y1 = combine(y, h, tab.b, ks)
+    err = combine(None, h, tab.b_err, ks) if tab.b_err is not None else None
+    return y1, err, (ks[-1] if tab.fsal else None)
+
+
+class RungeKutta(Solver):
+    """An explicit Runge–Kutta method given by a :class:`ButcherTableau`.
+
+    FSAL tableaus carry ``(y, f(t, y))`` as their state so that the shared
+    stage is evaluated once per step and its gradient flows exactly as in
+    backprop through the solver.
+    """
+
+    def __init__(self, tableau: ButcherTableau | str):
+        if isinstance(tableau, str):
+            tableau = TABLEAUS[tableau]
+        self.tableau = tableau
+        self.name = tableau.name
+        self.order = tableau.order
+        self.error_order = tableau.error_order
+
+    def init(self, f: VectorField, t0: float, y0: Tensor) -> State:
+        if self.tableau.fsal:
+            return (y0, f(t0, y0))
+        return (y0,)
+
+    def step(self, f: VectorField, t: float, h: float, x: State) -> tuple[State, Tensor | None]:
+        k0 = x[1] if self.tableau.fsal else None
+        y1, err, k_last = rk_step(self.tableau, f, t, h, x[0], k0)
+        return ((y1, k_last) if self.tableau.fsal else (y1,)), err
+
+    def derivative(self, x: State) -> Tensor | None:
+        return x[1] if self.tableau.fsal else None
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, RungeKutta) and other.tableau == self.tableau
+
+    def __hash__(self) -> int:
+        return hash(self.tableau.name)
