@@ -118,7 +118,7 @@ class _AdjointRunner(Runner):
                 fy.detach().reshape(-1),
                 -(gs[0] if gs[0] is not None else torch.zeros_like(y)).reshape(-1),
             ]
-            for g, q, k in zip(gs[1:], params, numels):
+            for g, k in zip(gs[1:], numels):
                 parts.append(-g.reshape(-1).to(dtype) if g is not None else y.new_zeros(k))
             return torch.cat(parts)
 
