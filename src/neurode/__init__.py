@@ -1,6 +1,7 @@
 """neurode: neural ODEs in PyTorch with exact, memory-bounded gradients."""
 
 from ._loop import SolveStats
+from .diagnostics import Reconstruction, reconstruction_error
 from .errors import (
     FunctionOutputError,
     InvalidOptionError,
@@ -43,6 +44,8 @@ __all__ = [
     "StepSizeUnderflowError",
     "UnknownMethodError",
     "UnsupportedCombinationError",
+    "Reconstruction",
     "odeint",
+    "reconstruction_error",
     "solve",
 ]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ._loop import Field, SolveStats
+from ._loop import Field, SolveStats, StepRNG
 from .errors import (
     InvalidOptionError,
     InvalidStateError,
@@ -23,7 +23,7 @@ from .errors import (
     UnknownMethodError,
 )
 from .gradients.adjoint import Adjoint
-from .gradients.base import GradientMethod, Problem
+from .gradients.base import GradientMethod, Problem, method_preserves_rng
 from .gradients.checkpoint import Checkpoint
 from .gradients.direct import Direct
 from .gradients.reversible import ReversibleGradient
@@ -258,8 +258,11 @@ def solve(
     problem = Problem(solver, field, flat, times, control, found, stats, modules, options)
     needs_grad = torch.is_grad_enabled() and (flat.requires_grad or len(found) > 0)
     if not needs_grad or isinstance(grad, Direct):
+        # Without gradients every method is a plain solve; it still draws random numbers the
+        # way the requested method would, so a later recompute (ODEBlock) can replay it.
+        rng = StepRNG(flat.device) if method_preserves_rng(grad) else None
         with torch.set_grad_enabled(needs_grad):
-            ys = Direct().solve(problem)
+            ys = Direct().solve(problem, rng=rng)
     else:
         ys = grad.solve(problem)
     if structure is not None:

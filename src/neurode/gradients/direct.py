@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._loop import integrate
+from .._loop import StepRNG, integrate
 from .base import GradientMethod, Problem
 
 
@@ -21,8 +21,8 @@ class Direct(GradientMethod):
 
     name = "direct"
 
-    def solve(self, problem: Problem) -> Tensor:
+    def solve(self, problem: Problem, rng: StepRNG | None = None) -> Tensor:
         p = problem
         x0 = p.solver.init(p.field, p.times[0], p.y0)
-        outputs, _, _ = integrate(p.solver, p.field, x0, p.times, p.control, p.stats)
+        outputs, _, _ = integrate(p.solver, p.field, x0, p.times, p.control, p.stats, rng=rng)
         return torch.stack(outputs)

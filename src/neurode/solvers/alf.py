@@ -15,8 +15,10 @@ and its exact algebraic inverse from ``(t + h, y', v')``::
     v   = (2η u − v') / (2η − 1)
     y   = y_m − (h/2) v
 
-Second order, one evaluation of ``f`` per step. Damping ``η ∈ (0, 1]``,
+Second order for ``η = 1``, one evaluation of ``f`` per step. Damping ``η ∈ (0, 1]``,
 ``η ≠ 1/2`` (where the inverse divides by zero); ``η = 1`` is MALI's default.
+Damped ALF (``η < 1``) is only first order: with ``v = f(y)`` the step gives
+``y' = y + h f + η (h²/2) f'f + O(h³)``, a local error ``(1 − η)(h²/2) f'f``.
 ``η < 1`` damps the ``v`` channel and keeps the scheme bounded on dissipative
 problems where undamped ALF (η = 1) is only marginally stable.
 """
@@ -31,7 +33,7 @@ from .base import ReversibleSolver, State, VectorField
 
 
 class ALF(ReversibleSolver):
-    """Asynchronous leapfrog; reversible, second order, adaptive-capable.
+    """Asynchronous leapfrog; reversible, second order (first if damped), adaptive-capable.
 
     Args:
         damping: η in (0, 1], not 1/2. Default 1.0 (MALI).
@@ -48,6 +50,7 @@ class ALF(ReversibleSolver):
                 f"2η − 1), got {damping}; MALI uses 1.0"
             )
         self.damping = damping
+        self.order = 2 if damping == 1.0 else 1  # damped ALF is first order (see above)
         self.name = "alf" if damping == 1.0 else f"alf(damping={damping:g})"
 
     def init(self, f: VectorField, t0: float, y0: Tensor) -> State:

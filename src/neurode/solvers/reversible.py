@@ -56,7 +56,10 @@ class Reversible(ReversibleSolver):
         self.coupling = coupling
         self.order = base.order
         self.error_order = base.error_order
-        self.name = f"reversible({base.name}, coupling={coupling:g})"
+        default = coupling == 0.999
+        self.name = (
+            f"reversible({base.name})" if default else f"reversible({base.name}, {coupling:g})"
+        )
 
     def _psi(self, f: VectorField, t: float, h: float, x: Tensor) -> tuple[Tensor, Tensor | None]:
         y1, err, _ = rk_step(self.base, f, t, h, x)

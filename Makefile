@@ -1,0 +1,42 @@
+# Every target creates .venv on first use: torch==2.13.0 first (a CPU build), then the package.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.neurode-installed
+
+.PHONY: setup demo test test-fast lint format bench reproduce clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: setup  ## the main job: train a small ODE-ResNet with each gradient method and compare
+	$(PY) -m neurode demo
+
+test: setup  ## the whole suite, slow end-to-end checks included
+	$(PY) -m pytest -q -n 2
+
+test-fast: setup
+	$(PY) -m pytest -q -n 2 -m "not slow"
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: setup  ## peers (torchdiffeq, torchode) are installed only here
+	$(PY) -m pip install --quiet -e ".[bench]"
+	$(PY) benchmarks/overhead.py
+	$(PY) benchmarks/memory.py
+
+reproduce: setup
+	$(PY) -m neurode reproduce --out reproduce-out
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache build dist src/*.egg-info

@@ -1,0 +1,4 @@
+"""Datasets: CIFAR-10/100 from a local archive, scikit-learn digits, toy densities, spirals.
+
+Import the submodule you need (``neurode.data.cifar``, ``neurode.data.digits``, ...).
+"""
