@@ -290,7 +290,8 @@ def integrate(
                 last_nonfinite = not finite
             h = abs(h_step) * control.factor(r, r_prev, q)
             h = min(max(h, control.min_step), control.max_step)
-            if h < 16 * _EPS * max(abs(t), abs(t_end)) or h == 0.0:
+            # `not h >= ...` also catches h = NaN (f non-finite at t0 makes the heuristic NaN)
+            if not h >= 16 * _EPS * max(abs(t), abs(t_end)) or h == 0.0:
                 if last_nonfinite:
                     raise NonFiniteStateError(
                         f"f(t, y) produces NaN/Inf at every step size tried near t={t:.6g} "
