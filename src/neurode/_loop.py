@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
+from ._rng import cuda_devices, seeded
 from .errors import (
     FunctionOutputError,
     MaxStepsExceededError,
@@ -136,21 +137,11 @@ class StepRNG:
     """
 
     def __init__(self, device: torch.device):
-        self.devices = (
-            [device.index if device.index is not None else torch.cuda.current_device()]
-            if device.type == "cuda"
-            else []
-        )
+        self.devices = cuda_devices(device)
         self.base = int(torch.randint(0, 2**31 - 1, (1,)).item())
 
-    @contextlib.contextmanager
-    def __call__(self, key: int) -> Iterator[None]:
-        seed = (self.base * 1_000_003 + key) % (2**63 - 1)
-        with torch.random.fork_rng(devices=self.devices):
-            torch.random.default_generator.manual_seed(seed)
-            for d in self.devices:
-                torch.cuda.default_generators[d].manual_seed(seed)
-            yield
+    def __call__(self, key: int):
+        return seeded((self.base * 1_000_003 + key) % (2**63 - 1), self.devices)
 
 
 @dataclass

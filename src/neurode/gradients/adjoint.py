@@ -45,7 +45,7 @@ class Adjoint(FunctionMethod):
         self.rtol = rtol
         self.atol = atol
         self.seminorm = bool(seminorm)
-        self.options = dict(options) if options else None
+        self.options = dict(options) if options is not None else None  # {} = no step options
         self.preserve_rng = False
 
     def __repr__(self) -> str:

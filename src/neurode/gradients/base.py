@@ -20,6 +20,11 @@ from .._loop import Field, SolveStats, StepRNG, integrate
 from ..solvers.base import Solver, State
 from ..solvers.controller import Adaptive, FixedGrid
 
+# Random-state key of the solver's initial state (ALF's v0, an FSAL stage): step
+# attempts use keys 0, 1, 2, ...; the init gets its own so its replay in
+# ``init_vjp`` draws what the forward drew and leaves the global generator alone.
+INIT_KEY = -1
+
 
 @dataclass
 class Problem:
@@ -88,7 +93,7 @@ class Runner:
         """Pull the adjoint of the initial solver state back to ``y0`` (and params)."""
         p = self.p
         leaf = y0.detach().requires_grad_(True)
-        with torch.enable_grad():
+        with torch.enable_grad(), self.rng_ctx(INIT_KEY):
             x0 = p.solver.init(p.field, p.times[0], leaf)
         if len(x0) == 1 and x0[0] is leaf:
             return a[0]
@@ -173,5 +178,6 @@ def forward_no_graph(runner: Runner, y0: Tensor, on_step=None):
     """The forward solve of every non-direct method: the one loop, no graph."""
     p = runner.p
     with torch.no_grad():
-        x0 = p.solver.init(p.field, p.times[0], y0)
+        with runner.rng_ctx(INIT_KEY):
+            x0 = p.solver.init(p.field, p.times[0], y0)
         return integrate(p.solver, p.field, x0, p.times, p.control, p.stats, on_step, runner.rng)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor
 
 from .._loop import StepRNG, integrate
-from .base import GradientMethod, Problem
+from .base import INIT_KEY, GradientMethod, Problem
 
 
 class Direct(GradientMethod):
@@ -23,6 +25,8 @@ class Direct(GradientMethod):
 
     def solve(self, problem: Problem, rng: StepRNG | None = None) -> Tensor:
         p = problem
-        x0 = p.solver.init(p.field, p.times[0], p.y0)
+        # with a step RNG, draw the init's randomness as the other methods do (see INIT_KEY)
+        with rng(INIT_KEY) if rng is not None else contextlib.nullcontext():
+            x0 = p.solver.init(p.field, p.times[0], p.y0)
         outputs, _, _ = integrate(p.solver, p.field, x0, p.times, p.control, p.stats, rng=rng)
         return torch.stack(outputs)

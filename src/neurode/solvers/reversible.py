@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from .._rng import cuda_devices, draw_seeds, seeded
 from ..errors import InvalidOptionError
 from .base import ReversibleSolver, State, VectorField
 from .rk import RungeKutta, rk_step
@@ -68,18 +69,30 @@ class Reversible(ReversibleSolver):
     def init(self, f: VectorField, t0: float, y0: Tensor) -> State:
         return (y0, y0)
 
+    # The inverse evaluates the two base steps in the opposite order. Each runs under its
+    # own seed, drawn at the start of the step, so that a random f (dropout) draws the
+    # same numbers in the forward step, its inverse and its replay.
+
     def step(self, f: VectorField, t: float, h: float, x: State) -> tuple[State, Tensor | None]:
         y, z = x
-        fwd, _ = self._psi(f, t, h, z)
+        devices = cuda_devices(y.device)
+        seed_fwd, seed_bwd = draw_seeds(2)
+        with seeded(seed_fwd, devices):
+            fwd, _ = self._psi(f, t, h, z)
         y1 = (y - z).mul(self.coupling).add(fwd) if self.coupling != 1.0 else (y - z).add(fwd)
-        bwd, err = self._psi(f, t + h, -h, y1)
+        with seeded(seed_bwd, devices):
+            bwd, err = self._psi(f, t + h, -h, y1)
         z1 = (z + y1).sub(bwd)
         return (y1, z1), err
 
     def inverse(self, f: VectorField, t: float, h: float, x1: State) -> State:
         y1, z1 = x1
-        bwd, _ = self._psi(f, t + h, -h, y1)
+        devices = cuda_devices(y1.device)
+        seed_fwd, seed_bwd = draw_seeds(2)
+        with seeded(seed_bwd, devices):
+            bwd, _ = self._psi(f, t + h, -h, y1)
         z = (z1 - y1).add(bwd)
-        fwd, _ = self._psi(f, t, h, z)
+        with seeded(seed_fwd, devices):
+            fwd, _ = self._psi(f, t, h, z)
         y = (y1 - fwd).div(self.coupling).add(z)
         return (y, z)
