@@ -1,0 +1,330 @@
+"""Helpers shared by every training loop: checkpoints, RNG state, metrics, plots.
+
+Everything here is small and dependency-free beyond torch/numpy/matplotlib so
+that the classifier, CNF and latent-ODE trainers use the same conventions:
+
+- checkpoints are written atomically (temp file in the same directory, then
+  ``os.replace``), so an interrupted run never leaves a truncated file;
+- the RNG state of python, numpy, torch CPU and every CUDA device is captured
+  and restored, so a resumed run draws the same random numbers as an
+  uninterrupted one;
+- metrics go to a JSON-lines file, one record per line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import tempfile
+import weakref
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "atomic_save",
+    "load_checkpoint",
+    "set_seed",
+    "resolve_device",
+    "capture_rng_state",
+    "restore_rng_state",
+    "MetricsLogger",
+    "peak_memory_mb",
+    "reset_peak_memory",
+    "plot_curves",
+    "is_main_process",
+    "TensorMemoryTracker",
+]
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save(obj, path)`` that never leaves a partial file.
+
+    The object is written to a temporary file in the destination directory
+    (same filesystem), flushed to disk, then moved over ``path`` with
+    ``os.replace``, which is atomic on POSIX and Windows.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
+    """Load a checkpoint written by :func:`atomic_save`.
+
+    Raises ``FileNotFoundError`` with the path if it does not exist.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    # weights_only=False: checkpoints hold RNG states (numpy arrays, python tuples)
+    return torch.load(path, map_location=map_location, weights_only=False)
+
+
+def set_seed(seed: int) -> None:
+    """Seed python's ``random``, numpy and torch (CPU and every CUDA device)."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
+    """``"auto"`` → CUDA if available else CPU; ``"cpu"``; ``"cuda"``/``"cuda:i"``.
+
+    Raises ``ValueError`` for an unknown name and ``RuntimeError`` when CUDA is
+    asked for but not available.
+    """
+    if isinstance(name, torch.device):
+        return name
+    name = (name or "auto").strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device {name!r} requested but CUDA is not available")
+        dev = torch.device(name)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise RuntimeError(
+                f"device {name!r} requested but only {torch.cuda.device_count()} CUDA device(s)"
+            )
+        return dev
+    raise ValueError(f"unknown device {name!r}; expected 'auto', 'cpu', 'cuda' or 'cuda:<i>'")
+
+
+def capture_rng_state() -> dict:
+    """The state of every random generator a training loop touches."""
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict) -> None:
+    """Inverse of :func:`capture_rng_state` (CUDA state is restored if present and usable)."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(torch.as_tensor(state["torch"], dtype=torch.uint8).cpu())
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available():
+        cuda = [torch.as_tensor(s, dtype=torch.uint8).cpu() for s in cuda]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+        else:  # different machine: restore what matches
+            for i, s in enumerate(cuda[: torch.cuda.device_count()]):
+                torch.cuda.set_rng_state(s, i)
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, torch.Tensor):
+        return _jsonable(x.detach().cpu().tolist())
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, Path):
+        return str(x)
+    return x
+
+
+class MetricsLogger:
+    """Append one JSON object per line to ``path``; keeps them in ``.records``.
+
+    ``path=None`` keeps records in memory only (e.g. on non-zero ranks).
+    Existing lines are *not* read back: a resumed run rewrites the file from
+    the records stored in its checkpoint (see :meth:`rewrite`).
+    """
+
+    def __init__(self, path: str | os.PathLike | None, records: Iterable[dict] | None = None):
+        self.path = Path(path) if path is not None else None
+        self.records: list[dict] = [dict(r) for r in (records or [])]
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def log(self, record: dict) -> None:
+        record = _jsonable(dict(record))
+        self.records.append(record)
+        if self.path is not None:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def rewrite(self) -> None:
+        """Write ``.records`` to the file from scratch (atomically)."""
+        if self.path is None:
+            return
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            for r in self.records:
+                f.write(json.dumps(_jsonable(r)) + "\n")
+        os.replace(tmp, self.path)
+
+    @staticmethod
+    def read(path: str | os.PathLike) -> list[dict]:
+        with open(path, encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+
+def peak_memory_mb(device: str | torch.device | None = None) -> float:
+    """Peak memory in MiB.
+
+    CUDA: ``torch.cuda.max_memory_allocated`` (since the last
+    :func:`reset_peak_memory`). CPU: the process's peak resident set size
+    (``ru_maxrss``; monotone over the process's life, so it includes the
+    interpreter and libraries — compare differences, not absolute values).
+    """
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    if dev.type == "cuda":
+        return torch.cuda.max_memory_allocated(dev) / 2**20
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return float("nan")
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux reports KiB, macOS bytes
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+
+
+def reset_peak_memory(device: str | torch.device | None = None) -> None:
+    """Reset the CUDA peak counter (no-op on CPU, where the peak RSS cannot be reset)."""
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+
+
+def plot_curves(
+    records: Sequence[dict],
+    keys: Sequence[str],
+    out_png: str | os.PathLike,
+    *,
+    x: str = "epoch",
+    title: str | None = None,
+) -> Path:
+    """One subplot per key in ``keys``, value against ``x`` (default ``epoch``).
+
+    Records missing a key are skipped for that subplot. Uses the Agg backend,
+    so it works without a display. Returns the path written.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    keys = list(keys)
+    n = max(1, len(keys))
+    fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.0), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        pts = [(r.get(x, i), r[key]) for i, r in enumerate(records) if r.get(key) is not None]
+        if pts:
+            xs, ys = zip(*pts)
+            ax.plot(xs, ys, marker="o", ms=3)
+        ax.set_xlabel(x)
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return out_png
+
+
+def is_main_process() -> bool:
+    """True unless running under torch.distributed with a non-zero rank."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+class TensorMemoryTracker:
+    """Peak bytes of tensor storage allocated inside a ``with`` block, on any device.
+
+    ``ru_maxrss`` only grows over a process's life and includes the
+    interpreter, so on CPU it cannot compare two gradient methods run one
+    after the other. This tracker intercepts every ATen operation (a
+    ``TorchDispatchMode``), counts each new storage once (views share it) and
+    subtracts it when the storage is freed, so ``peak_mb`` is the high-water
+    mark of tensors created in the block: activations, solver states,
+    checkpoints, gradients. Tensors that existed before (parameters, the
+    input batch) are not counted. Deterministic for a deterministic
+    computation; slows the tracked block down (Python per operation), so
+    track one step, not an epoch.
+    """
+
+    def __init__(self):
+        self.peak_bytes = 0
+        self.current_bytes = 0
+
+    def __enter__(self) -> TensorMemoryTracker:
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils._pytree import tree_flatten
+
+        tracker = self
+        live: dict[int, int] = {}
+
+        def track(t: torch.Tensor) -> None:
+            try:
+                st = t.untyped_storage()
+            except (RuntimeError, NotImplementedError):  # e.g. sparse / meta
+                return
+            key = st.data_ptr()
+            if key == 0 or key in live:
+                return
+            n = st.nbytes()
+            live[key] = n
+            tracker.current_bytes += n
+            tracker.peak_bytes = max(tracker.peak_bytes, tracker.current_bytes)
+
+            def freed(key=key, n=n):
+                if live.pop(key, None) is not None:
+                    tracker.current_bytes -= n
+
+            weakref.finalize(st, freed)
+
+        class _Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                for t in tree_flatten(out)[0]:
+                    if isinstance(t, torch.Tensor):
+                        track(t)
+                return out
+
+        self._mode = _Mode()
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._mode.__exit__(*exc)
+
+    @property
+    def peak_mb(self) -> float:
+        return self.peak_bytes / 2**20
