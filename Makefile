@@ -17,10 +17,10 @@ demo: setup  ## the main job: train a small ODE-ResNet with each gradient method
 	$(PY) -m neurode demo
 
 test: setup  ## the whole suite, slow end-to-end checks included
-	$(PY) -m pytest -q -n 2
+	$(PY) -m pytest -q
 
 test-fast: setup
-	$(PY) -m pytest -q -n 2 -m "not slow"
+	$(PY) -m pytest -q -m "not slow"
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -66,12 +66,23 @@ class ReversibleSolver(Solver):
 
 
 def combine(base: Tensor | None, h: float, coeffs: Sequence[float], ks: Sequence[Tensor]) -> Tensor:
-    """``base + h Σ coeffs_j ks_j`` with one fused multiply-add per non-zero term."""
-    out = base
+    """``base + h Σ coeffs_j ks_j`` with one fused multiply-add per non-zero term.
+
+    The first term makes a new tensor and the others accumulate into it in
+    place: one allocation per call instead of one per term (for state-sized
+    tensors each allocation costs page faults, a measurable share of a step).
+    In-place accumulation is safe under autograd: the tensor is fresh and
+    ``add`` saves neither input for backward, and it performs exactly the
+    same floating-point operations as the out-of-place chain.
+    """
+    out = None
     for c, k in zip(coeffs, ks):
         if c == 0.0:
             continue
-        out = k * (h * c) if out is None else out.add(k, alpha=h * c)
-    if out is None:  # all coefficients zero and no base
-        out = ks[0] * 0.0
+        if out is None:
+            out = k * (h * c) if base is None else base.add(k, alpha=h * c)
+        else:
+            out.add_(k, alpha=h * c)
+    if out is None:  # all coefficients zero
+        out = ks[0] * 0.0 if base is None else base
     return out
