@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable
+from array import array
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -145,6 +146,33 @@ class StepRNG:
         return seeded((self.base * 1_000_003 + key) % (2**63 - 1), self.devices)
 
 
+class StepRecord:
+    """Accepted ``(t_i, h_i)`` in two float64 arrays: 16 bytes a step, not a Python
+    tuple's ~100, so that memory stays flat in N_t for the reversible gradient."""
+
+    __slots__ = ("t", "h")
+
+    def __init__(self):
+        self.t = array("d")
+        self.h = array("d")
+
+    def append(self, step: tuple[float, float]) -> None:
+        self.t.append(step[0])
+        self.h.append(step[1])
+
+    def __len__(self) -> int:
+        return len(self.t)
+
+    def __getitem__(self, i: int) -> tuple[float, float]:
+        return self.t[i], self.h[i]
+
+    def __iter__(self) -> Iterator[tuple[float, float]]:
+        return zip(self.t, self.h)
+
+    def __reversed__(self) -> Iterator[tuple[float, float]]:
+        return zip(reversed(self.t), reversed(self.h))
+
+
 @dataclass
 class Trajectory:
     """What every solve records, cheaply: the accepted grid and where outputs fell.
@@ -154,23 +182,24 @@ class Trajectory:
     the random-state key of step ``i`` (when replays need it).
     """
 
-    steps: list[tuple[float, float]] = field(default_factory=list)
+    steps: StepRecord = field(default_factory=StepRecord)
     out_steps: list[int] = field(default_factory=list)
-    keys: list[int] = field(default_factory=list)
+    keys: array = field(default_factory=lambda: array("q"))
 
 
 OnStep = Callable[[int, float, float, State, State], None]
 
 
-def _first_bad_step(solver, f, x, steps, rng) -> tuple[float, float]:
+def _first_bad_step(solver, f, x, steps, keys, rng) -> tuple[float, float]:
     """Re-run an interval without a graph to find the step that produced non-finite values."""
+    t = h = math.nan
     with torch.no_grad():
-        for t, h in steps:
-            with rng(0) if rng is not None else contextlib.nullcontext():
+        for (t, h), key in zip(steps, keys):
+            with rng(key) if rng is not None else contextlib.nullcontext():
                 x, _ = solver.step(f, t, h, x)
             if not torch.isfinite(x[0]).all():
-                return t, h
-    return steps[-1]
+                break
+    return t, h
 
 
 def integrate(
@@ -206,16 +235,15 @@ def integrate(
             return key, solver.step(f, t, h, x)
 
     if isinstance(control, FixedGrid):
-        plan = control.plan(times)
-        total = sum(len(iv) for iv in plan)
+        total = control.total(times)
         if control.max_steps is not None and total > control.max_steps:
             raise MaxStepsExceededError(
                 f"the fixed grid needs {total} steps from t={times[0]:.6g} to t={times[-1]:.6g}, "
                 f"more than max_steps={control.max_steps}; use a larger step_size or raise max_steps"
             )
-        for k, interval in enumerate(plan, start=1):
-            x_start = x
-            for t, h in interval:
+        for k in range(1, len(times)):
+            x_start, first = x, n_acc
+            for t, h in control.iter_interval(times[k - 1], times[k]):
                 key, (x_new, _) = run_step(t, h, x)
                 traj.steps.append((t, h))
                 traj.keys.append(key)
@@ -225,7 +253,8 @@ def integrate(
                 x = x_new
             y = x[0]
             if not bool(torch.isfinite(y).all()):
-                tb, hb = _first_bad_step(solver, f, x_start, interval, rng)
+                steps = control.iter_interval(times[k - 1], times[k])
+                tb, hb = _first_bad_step(solver, f, x_start, steps, traj.keys[first:], rng)
                 raise NonFiniteStateError(
                     f"the state became NaN/Inf in the step from t={tb:.6g} to t={tb + hb:.6g} "
                     f"(while integrating towards output t={times[k]:.6g}); try a smaller step "

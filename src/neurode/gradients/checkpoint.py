@@ -103,7 +103,7 @@ class _Budget(Runner):
         p = self.p
         stored: dict[int, tuple] = {}
         if isinstance(p.control, FixedGrid):
-            n_known = sum(len(iv) for iv in p.control.plan(p.times))
+            n_known = p.control.total(p.times)
             chain = set(forward_chain(n_known, budget))
 
             def keep(i, t, h, x, x1):

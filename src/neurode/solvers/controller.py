@@ -9,7 +9,7 @@ discretisation that was actually run, and it matches torchdiffeq and diffrax.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -51,26 +51,33 @@ class FixedGrid:
                 )
             object.__setattr__(self, "steps", int(self.steps))
 
-    def interval(self, t0: float, t1: float) -> list[tuple[float, float]]:
-        """The ``(t, h)`` of every step from ``t0`` to ``t1``; the last lands exactly on ``t1``."""
-        span = t1 - t0
+    def count(self, t0: float, t1: float) -> int:
+        """Number of steps from ``t0`` to ``t1``."""
         if self.steps is not None:
-            n = self.steps
-        elif self.step_size is not None:
-            # a remainder below 1e-9 of a step would be a meaningless sliver: absorb it
-            n = max(1, math.ceil(abs(span) / self.step_size - 1e-9))
-        else:
-            n = 1
+            return self.steps
         if self.step_size is not None:
-            h = math.copysign(self.step_size, span)
-            starts = [t0 + i * h for i in range(n)]
-        else:
-            starts = [t0 + span * i / n for i in range(n)]
-        ends = starts[1:] + [t1]
-        return [(a, b - a) for a, b in zip(starts, ends)]
+            # a remainder below 1e-9 of a step would be a meaningless sliver: absorb it
+            return max(1, math.ceil(abs(t1 - t0) / self.step_size - 1e-9))
+        return 1
 
-    def plan(self, times: list[float]) -> list[list[tuple[float, float]]]:
-        return [self.interval(a, b) for a, b in zip(times[:-1], times[1:])]
+    def iter_interval(self, t0: float, t1: float) -> Iterator[tuple[float, float]]:
+        """The ``(t, h)`` of every step from ``t0`` to ``t1``, generated lazily (memory
+        stays flat in the number of steps); the last step lands exactly on ``t1``."""
+        span = t1 - t0
+        n = self.count(t0, t1)
+        h = math.copysign(self.step_size, span) if self.step_size is not None else None
+        start = t0
+        for i in range(1, n + 1):
+            end = t1 if i == n else (t0 + i * h if h is not None else t0 + span * i / n)
+            yield start, end - start
+            start = end
+
+    def interval(self, t0: float, t1: float) -> list[tuple[float, float]]:
+        """The ``(t, h)`` of every step from ``t0`` to ``t1`` as a list."""
+        return list(self.iter_interval(t0, t1))
+
+    def total(self, times: list[float]) -> int:
+        return sum(self.count(a, b) for a, b in zip(times[:-1], times[1:]))
 
 
 def rms_norm(x: Tensor) -> Tensor:
