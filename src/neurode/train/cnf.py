@@ -24,14 +24,11 @@ import torch
 from ..data import toy
 from ..nn.cnf import CNF
 from .common import (
-    MetricsLogger,
-    atomic_save,
-    capture_rng_state,
     is_main_process,
-    load_checkpoint,
     plot_curves,
     resolve_device,
-    restore_rng_state,
+    resume_training_state,
+    save_training_state,
     set_seed,
 )
 
@@ -223,20 +220,15 @@ def main(argv: list[str]) -> int:
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(
         opt, T_max=max(1, args.epochs * iters_per_epoch), eta_min=args.min_lr
     )
-    logger = MetricsLogger(out_dir / "metrics.jsonl")
-    start_epoch, elapsed = 1, 0.0
-    if args.resume and ckpt_path.exists():
-        ck = load_checkpoint(ckpt_path, map_location=device)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        restore_rng_state(ck["rng"])
-        start_epoch, elapsed = ck["epoch"] + 1, ck["elapsed"]
-        logger = MetricsLogger(out_dir / "metrics.jsonl", ck["records"])
-        logger.rewrite()
-        print(f"resumed from {ckpt_path} at epoch {ck['epoch']} ({elapsed:.0f} s trained)")
-    elif (out_dir / "metrics.jsonl").exists():
-        (out_dir / "metrics.jsonl").unlink()
+    start_epoch, elapsed, logger = resume_training_state(
+        ckpt_path,
+        out_dir / "metrics.jsonl",
+        model=model,
+        optimizer=opt,
+        scheduler=sched,
+        device=device,
+        resume=args.resume,
+    )
 
     n_params = sum(q.numel() for q in model.parameters())
     block = model.blocks[0]
@@ -319,18 +311,15 @@ def main(argv: list[str]) -> int:
             msg += f"  [{train_time:.0f} s train"
         logger.log(rec)
         print(f"{msg}, {elapsed / 60:.1f} min trained]", flush=True)
-        atomic_save(
-            {
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "rng": capture_rng_state(),
-                "epoch": epoch,
-                "elapsed": elapsed,
-                "records": logger.records,
-                "args": vars(args),
-            },
+        save_training_state(
             ckpt_path,
+            model=model,
+            optimizer=opt,
+            scheduler=sched,
+            epoch=epoch,
+            elapsed=elapsed,
+            logger=logger,
+            args=args,
         )
         if stopped:
             break

@@ -328,3 +328,46 @@ class TensorMemoryTracker:
     @property
     def peak_mb(self) -> float:
         return self.peak_bytes / 2**20
+
+
+def save_training_state(
+    path, *, model, optimizer, scheduler, epoch: int, elapsed: float, logger, args
+) -> None:
+    """Everything an exact resume needs, written atomically after an epoch."""
+    atomic_save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": capture_rng_state(),
+            "epoch": epoch,
+            "elapsed": elapsed,
+            "records": logger.records,
+            "args": vars(args),
+        },
+        path,
+    )
+
+
+def resume_training_state(
+    path, metrics_path, *, model, optimizer, scheduler, device, resume: bool
+) -> tuple[int, float, MetricsLogger]:
+    """Restore a :func:`save_training_state` checkpoint if ``resume`` and it exists.
+
+    Returns ``(first epoch to run, seconds trained so far, metrics logger)``; a
+    fresh run starts a new metrics file.
+    """
+    path, metrics_path = Path(path), Path(metrics_path)
+    if resume and path.exists():
+        ck = load_checkpoint(path, map_location=device)
+        model.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        scheduler.load_state_dict(ck["scheduler"])
+        restore_rng_state(ck["rng"])
+        logger = MetricsLogger(metrics_path, ck["records"])
+        logger.rewrite()
+        print(f"resumed from {path} at epoch {ck['epoch']} ({ck['elapsed']:.0f} s trained)")
+        return ck["epoch"] + 1, ck["elapsed"], logger
+    if metrics_path.exists():
+        metrics_path.unlink()
+    return 1, 0.0, MetricsLogger(metrics_path)
