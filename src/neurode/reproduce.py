@@ -198,6 +198,9 @@ def section_memory(quick: bool, include_peers: bool) -> dict:
             quick=quick,
             max_mb=12 * 1024,
             max_seconds=None if quick else 60.0,
+            # as benchmarks/memory.py: repeat the cheap MLP timings, time the conv once
+            timing_runs=2 if name == "mlp" else 1,
+            timing_budget=2.0 if name == "mlp" and not quick else 0.0,
             log=None,
         )
         sweep["time_ratios"] = time_ratios(sweep)

@@ -211,6 +211,20 @@ def build_solve(
 
 
 def _maxrss_mb() -> float:
+    """Peak resident memory of this process, in MB.
+
+    On Linux, ``getrusage``'s ``ru_maxrss`` survives ``exec``: a worker started
+    by a parent holding 2 GB reports a 2 GB peak from its first instruction,
+    hiding everything below it. ``VmHWM`` (the same high-water mark, kept per
+    address space) starts afresh at ``exec``, so it is read where it exists.
+    """
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     return kb / 1024.0 if sys.platform != "darwin" else kb / 2**20
 
