@@ -308,17 +308,27 @@ def _plot_memory(mem: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from .bench.memory import CONFIGS
+
+    colors = plt.get_cmap("tab20").colors
     fig, axes = plt.subplots(1, len(mem), figsize=(5.5 * len(mem), 4), squeeze=False)
     for ax, (name, sweep) in zip(axes[0], mem.items()):
-        for key, results in sweep["runs"].items():
+        for i, (key, results) in enumerate(sweep["runs"].items()):
+            peer = CONFIGS[key].peer if key in CONFIGS else None
             # RSS is counted in pages: clamp to 0.1 MB so log axes show tiny (quick) runs too
             pts = [
                 (r["steps"], max(r["peak_mb"], 0.1))
                 for r in results
                 if r.get("status") == "ok" and r.get("peak_mb") is not None
             ]
-            if pts:
-                ax.loglog(*zip(*pts), marker="o", label=key)
+            if pts:  # peers dashed, so 11 lines stay distinguishable
+                ax.loglog(
+                    *zip(*pts),
+                    marker="o",
+                    color=colors[(2 * i) % 20 if i < 10 else 2 * (i - 10) + 1],
+                    linestyle="--" if peer else "-",
+                    label=key if not peer else f"{key} ({peer})",
+                )
         ax.set_title(name)
         ax.set_xlabel("N_t")
         ax.set_ylabel("peak memory above baseline (MB)")
@@ -514,6 +524,10 @@ def run(args: argparse.Namespace) -> int:
     if args.render:
         results = json.loads((out / "report.json").read_text())
         results["checks"] = _checks(results)
+        if results.get("reconstruction"):
+            _plot_reconstruction(results["reconstruction"], out / "reconstruction.png")
+        if results.get("memory"):
+            _plot_memory(results["memory"], out / "memory.png")
         print(f"wrote {write_report(results, out)}")
         return 0 if all(c["ok"] for c in results["checks"]) else 1
     out.mkdir(parents=True, exist_ok=True)
