@@ -46,3 +46,7 @@ class StepSizeUnderflowError(NeurodeError, RuntimeError):
 
 class MaxStepsExceededError(NeurodeError, RuntimeError):
     """The solver needed more steps than ``max_steps`` allows."""
+
+
+class RepeatedBackwardError(NeurodeError, RuntimeError):
+    """A second backward pass through a solve whose gradient method freed its record."""

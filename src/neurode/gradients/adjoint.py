@@ -113,7 +113,10 @@ class _AdjointRunner(Runner):
             a = s[n : 2 * n].view(shape)
             with torch.enable_grad():
                 fy = p.field(t, y)
-                gs = torch.autograd.grad(fy, (y, *params), a, allow_unused=True)
+                if fy.requires_grad:
+                    gs = torch.autograd.grad(fy, (y, *params), a, allow_unused=True)
+                else:  # f depends on neither y nor params
+                    gs = (None,) * (1 + len(params))
             parts = [
                 fy.detach().reshape(-1),
                 -(gs[0] if gs[0] is not None else torch.zeros_like(y)).reshape(-1),

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .._loop import Field, SolveStats, StepRNG, integrate
+from ..errors import RepeatedBackwardError
 from ..solvers.base import Solver, State
 from ..solvers.controller import Adaptive, FixedGrid
 
@@ -151,6 +152,14 @@ class _SolveFunction(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_ys: Tensor):
         runner: Runner = ctx.runner
+        if runner is None:
+            # the first backward released what the forward kept (states, step record)
+            raise RepeatedBackwardError(
+                "Trying to backward through a neurode solve a second time: a "
+                "non-direct gradient method frees its record after the first backward "
+                "(retain_graph=True does not keep it). Solve again, or use "
+                "gradient='direct' to backward through one solve several times"
+            )
         runner.p.field.backward = True
         try:
             with frozen_buffers(runner.p.modules):

@@ -101,8 +101,11 @@ class ALF(ReversibleSolver):
             # y1 = y_m + h/2 v1 ; v1 = (1 − 2η) v + 2η u(y_m) ; y_m = y + h/2 v
             a_v1_tot = a_v1.add(a_y1, alpha=0.5 * h)
             a_u = a_v1_tot * eta2
-        grads = torch.autograd.grad(u, (y_m, *params), a_u, allow_unused=True)
+        if u.requires_grad:
+            grads = torch.autograd.grad(u, (y_m, *params), a_u, allow_unused=True)
+        else:  # f depends on neither y nor params (e.g. f(t, y) = g(t))
+            grads = (None,) * (1 + len(params))
         with torch.no_grad():
-            a_ym = a_y1 + grads[0]
+            a_ym = a_y1 if grads[0] is None else a_y1 + grads[0]  # None: f ignores y
             a_v0 = (a_v1_tot * (1.0 - eta2)).add(a_ym, alpha=0.5 * h)
         return x0, (a_ym, a_v0), grads[1:]
