@@ -627,7 +627,8 @@ def analyse(sweep: dict, state_bytes: int) -> dict:
                 }
             )
         out["checkpoint_bound"] = rows
-        worst = max(rows, key=lambda x: x["peak_mb"] / x["bound_mb"])
+        # by excess, not ratio: on tiny (--quick) problems the bound can be 0 or below
+        worst = max(rows, key=lambda x: x["peak_mb"] - x["bound_mb"])
         add(
             "checkpoint peak <= N_t*S + 2L at every N_t",
             f"worst at N_t={worst['steps']}: {worst['peak_mb']:.1f} MB vs bound {worst['bound_mb']:.1f} MB "
@@ -660,7 +661,8 @@ def analyse(sweep: dict, state_bytes: int) -> dict:
         pts = ok.get(key, {})
         if len(pts) >= 2:
             lo, hi = min(pts), max(pts)
-            ratio = pts[hi]["peak_mb"] / pts[lo]["peak_mb"]
+            # a peak below the page-level resolution reads 0: count it as one page
+            ratio = max(pts[hi]["peak_mb"], 4 / 1024) / max(pts[lo]["peak_mb"], 4 / 1024)
             add(
                 f"{key} flat: peak({hi})/peak({lo}) <= {limit}",
                 f"{ratio:.3f} ({pts[hi]['peak_mb']:.1f} / {pts[lo]['peak_mb']:.1f} MB)",
