@@ -61,6 +61,15 @@ class PeerAdapter:
     gradients: tuple[str, ...] = ("direct",)
     methods: tuple[str, ...] = ()
 
+    def __init__(self, module):
+        self.mod = module
+
+    def check(self, method: str, gradient: str) -> None:
+        """Raise ``ValueError`` with the reason if ``(method, gradient)`` cannot run."""
+        reason = self.unsupported(method, gradient)
+        if reason:
+            raise ValueError(reason)
+
     def unsupported(self, method: str, gradient: str = "direct") -> str | None:
         """``None`` if ``(method, gradient)`` can run, else the reason it cannot."""
         if method not in self.methods:
@@ -90,15 +99,10 @@ class TorchDiffEq(PeerAdapter):
     gradients = ("direct", "adjoint")
     methods = ("euler", "midpoint", "rk4", "dopri5", "bosh3")
 
-    def __init__(self, module):
-        self.mod = module
-
     def solve(
         self, func, y0, t0, t1, *, method, steps=None, rtol=1e-7, atol=1e-9, gradient="direct"
     ):
-        reason = self.unsupported(method, gradient)
-        if reason:
-            raise ValueError(reason)
+        self.check(method, gradient)
         t = torch.tensor([t0, t1], dtype=y0.dtype, device=y0.device)
         options = None
         if steps is not None:
@@ -117,15 +121,10 @@ class TorchOde(PeerAdapter):
     methods = ("euler", "heun", "dopri5", "tsit5")
     _names = {"euler": "Euler", "heun": "Heun", "dopri5": "Dopri5", "tsit5": "Tsit5"}
 
-    def __init__(self, module):
-        self.mod = module
-
     def solve(
         self, func, y0, t0, t1, *, method, steps=None, rtol=1e-7, atol=1e-9, gradient="direct"
     ):
-        reason = self.unsupported(method, gradient)
-        if reason:
-            raise ValueError(reason)
+        self.check(method, gradient)
         to = self.mod
         shape = y0.shape
         batch = shape[0]
@@ -155,13 +154,8 @@ class TorchDiffEqPack(PeerAdapter):
     gradients = ("mali", "direct")
     methods = ("alf",)
 
-    def __init__(self, module):
-        self.mod = module
-
     def solve(self, func, y0, t0, t1, *, method, steps=None, rtol=1e-3, atol=1e-3, gradient="mali"):
-        reason = self.unsupported(method, gradient)
-        if reason:
-            raise ValueError(reason)
+        self.check(method, gradient)
         options = {
             "method": "fixedstep_sym12async" if steps is not None else "sym12async",
             "h": None if steps is None else (t1 - t0) / steps,
