@@ -50,3 +50,7 @@ class MaxStepsExceededError(NeurodeError, RuntimeError):
 
 class RepeatedBackwardError(NeurodeError, RuntimeError):
     """A second backward pass through a solve whose gradient method freed its record."""
+
+
+class CheckpointError(NeurodeError, ValueError):
+    """A checkpoint file that is empty, truncated, fails its checksum or cannot be read."""

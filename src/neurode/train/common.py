@@ -5,6 +5,10 @@ that the classifier, CNF and latent-ODE trainers use the same conventions:
 
 - checkpoints are written atomically (temp file in the same directory, then
   ``os.replace``), so an interrupted run never leaves a truncated file;
+- a checkpoint file starts with a one-line header holding the sha256 and the
+  length of the ``torch.save`` payload after it, and :func:`load_checkpoint`
+  checks both, so a truncated or corrupted file is an error, not silently
+  wrong weights;
 - the RNG state of python, numpy, torch CPU and every CUDA device is captured
   and restored, so a resumed run draws the same random numbers as an
   uninterrupted one;
@@ -13,6 +17,8 @@ that the classifier, CNF and latent-ODE trainers use the same conventions:
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import random
@@ -25,6 +31,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from ..errors import CheckpointError
 
 __all__ = [
     "atomic_save",
@@ -42,19 +50,35 @@ __all__ = [
 ]
 
 
-def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save(obj, path)`` that never leaves a partial file.
+#: first bytes of a checksummed checkpoint; the header line is
+#: ``neurode-checkpoint <version> sha256:<hex digest> <payload bytes>\n``
+_MAGIC = b"neurode-checkpoint "
+_FORMAT_VERSION = 1
+_HEADER_MAX = 128  # bytes; the real header is about 110
 
-    The object is written to a temporary file in the destination directory
-    (same filesystem), flushed to disk, then moved over ``path`` with
-    ``os.replace``, which is atomic on POSIX and Windows.
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save(obj, path)`` that never leaves a partial file, with a checksum.
+
+    The object is serialised in memory first (so an unpicklable object touches
+    nothing on disk), then written after a header line holding the payload's
+    sha256 and length to a temporary file in the destination directory (same
+    filesystem), flushed and fsynced, and moved over ``path`` with
+    ``os.replace``, which is atomic on POSIX and Windows. Read it back with
+    :func:`load_checkpoint`.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    payload = buf.getbuffer()
+    digest = hashlib.sha256(payload).hexdigest()
+    header = b"%s%d sha256:%s %d\n" % (_MAGIC, _FORMAT_VERSION, digest.encode(), len(payload))
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            f.write(header)
+            f.write(payload)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -64,18 +88,104 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
         except FileNotFoundError:
             pass
         raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (POSIX; a no-op where unsupported)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - filesystems that refuse it
+        pass
+    finally:
+        os.close(fd)
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _warn(message: str) -> None:
+    """One line on stderr, from the main process only."""
+    if is_main_process():
+        print(f"neurode: warning: {message}", file=sys.stderr, flush=True)
+
+
+def _read_checkpoint(path: Path, map_location: Any) -> dict:
+    """Load one file, verifying its checksum; any defect raises :class:`CheckpointError`."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"checkpoint {path} cannot be read ({_one_line(e)})") from None
+    if not data:
+        raise CheckpointError(f"checkpoint {path} is empty")
+    if data.startswith(_MAGIC):
+        end = data.find(b"\n", 0, _HEADER_MAX)
+        fields = data[len(_MAGIC) : max(end, 0)].split(b" ")
+        if end < 0 or len(fields) != 3 or not fields[1].startswith(b"sha256:"):
+            raise CheckpointError(f"checkpoint {path} has a damaged or truncated header")
+        try:
+            version, size = int(fields[0]), int(fields[2])
+        except ValueError:
+            raise CheckpointError(f"checkpoint {path} has a damaged header") from None
+        if version != _FORMAT_VERSION:
+            raise CheckpointError(
+                f"checkpoint {path} has format {version}, which this neurode cannot read"
+            )
+        payload = memoryview(data)[end + 1 :]
+        if len(payload) < size:
+            raise CheckpointError(
+                f"checkpoint {path} is truncated ({len(payload)} of {size} payload bytes)"
+            )
+        if len(payload) > size:
+            raise CheckpointError(
+                f"checkpoint {path} has {len(payload) - size} unexpected bytes after its payload"
+            )
+        if hashlib.sha256(payload).hexdigest().encode() != fields[1][len(b"sha256:") :]:
+            raise CheckpointError(
+                f"checkpoint {path} is corrupt: its payload fails the sha256 check"
+            )
+        try:
+            # weights_only=False: checkpoints hold RNG states (numpy arrays, python tuples)
+            return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=False)
+        except Exception as e:
+            raise CheckpointError(
+                f"checkpoint {path} passes its checksum but cannot be loaded ({_one_line(e)})"
+            ) from None
+    # no header: a plain torch.save file from a neurode older than checksums, or not a
+    # checkpoint at all. Load it if torch can, unverified.
+    try:
+        ck = torch.load(io.BytesIO(data), map_location=map_location, weights_only=False)
+    except Exception as e:
+        raise CheckpointError(
+            f"checkpoint {path} is not a readable checkpoint ({_one_line(e)})"
+        ) from None
+    _warn(
+        f"checkpoint {path} has no checksum (written by an older neurode); "
+        "loaded without verification"
+    )
+    return ck
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
-    """Load a checkpoint written by :func:`atomic_save`.
+    """Load a checkpoint written by :func:`atomic_save`, verifying its checksum.
 
-    Raises ``FileNotFoundError`` with the path if it does not exist.
+    Raises ``FileNotFoundError`` with the path if it does not exist, and
+    :class:`~neurode.errors.CheckpointError` (a ``ValueError``) with a one-line
+    message if the file is empty, truncated, fails its sha256 check or cannot
+    be unpickled. A file without the checksum header (written by an older
+    neurode with plain ``torch.save``) is loaded unverified, with a one-line
+    warning on stderr.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    # weights_only=False: checkpoints hold RNG states (numpy arrays, python tuples)
-    return torch.load(path, map_location=map_location, weights_only=False)
+    return _read_checkpoint(path, map_location)
 
 
 def set_seed(seed: int) -> None:

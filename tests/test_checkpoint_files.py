@@ -1,0 +1,141 @@
+"""Checkpoint files under preemption and corruption: checksums, temporaries, fallback."""
+
+import hashlib
+import io
+
+import pytest
+import torch
+
+from neurode.errors import CheckpointError, NeurodeError
+from neurode.train.common import atomic_save, load_checkpoint
+
+#: a tensor whose raw bytes are easy to find inside the file (torch.save does not compress)
+WEIGHT = torch.arange(4096, dtype=torch.float32) * 0.5 + 1.0
+
+
+def _state(v=1):
+    return {"model": {"w": WEIGHT * v, "b": torch.zeros(3)}, "epoch": v, "records": [{"e": v}]}
+
+
+def _flip_inside_weight(path):
+    """Flip one bit in the middle of WEIGHT's storage bytes in ``path``."""
+    data = bytearray(path.read_bytes())
+    at = bytes(data).find(WEIGHT.numpy().tobytes())
+    assert at > 0, "the tensor's storage was not found in the file"
+    data[at + WEIGHT.numel() * 2 + 1] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# -- the file format ------------------------------------------------------------
+
+
+def test_saved_file_carries_sha256_and_length_of_its_payload(tmp_path):
+    p = tmp_path / "checkpoint.pt"
+    atomic_save(_state(), p)
+    raw = p.read_bytes()
+    header, payload = raw.split(b"\n", 1)
+    magic, version, digest, size = header.split(b" ")
+    assert (magic, version) == (b"neurode-checkpoint", b"1")
+    assert digest == b"sha256:" + hashlib.sha256(payload).hexdigest().encode()
+    assert int(size) == len(payload)
+    # the payload is an ordinary torch.save stream
+    assert torch.equal(torch.load(io.BytesIO(payload), weights_only=False)["model"]["w"], WEIGHT)
+    ck = load_checkpoint(p)
+    assert torch.equal(ck["model"]["w"], WEIGHT) and ck["epoch"] == 1
+
+
+def _empty(p):
+    p.write_bytes(b"")
+
+
+def _truncated(p):
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+
+
+def _truncated_in_header(p):
+    p.write_bytes(p.read_bytes()[:40])
+
+
+def _one_byte_short(p):
+    p.write_bytes(p.read_bytes()[:-1])
+
+
+def _garbage(p):
+    p.write_bytes(bytes(range(256)) * 40)
+
+
+def _text(p):
+    p.write_text("this is not a checkpoint\n")
+
+
+def _appended(p):
+    p.write_bytes(p.read_bytes() + b"\0" * 16)
+
+
+def _header_digest_changed(p):
+    raw = bytearray(p.read_bytes())
+    i = raw.index(b"sha256:") + 7
+    raw[i] = ord("0") if raw[i] != ord("0") else ord("1")
+    p.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        (_empty, "is empty"),
+        (_truncated, "is truncated"),
+        (_one_byte_short, "is truncated"),
+        (_truncated_in_header, "header"),
+        (_garbage, "not a readable checkpoint"),
+        (_text, "not a readable checkpoint"),
+        (_appended, "unexpected bytes"),
+        (_header_digest_changed, "sha256"),
+        (_flip_inside_weight, "fails the sha256 check"),
+    ],
+)
+def test_damaged_file_is_a_one_line_checkpoint_error(tmp_path, damage, message):
+    p = tmp_path / "checkpoint.pt"
+    atomic_save(_state(), p)
+    damage(p)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(p)
+    text = str(info.value)
+    assert message in text and str(p) in text and "\n" not in text
+    assert isinstance(info.value, NeurodeError) and isinstance(info.value, ValueError)
+
+
+def test_bit_flip_in_a_weight_would_load_silently_without_the_checksum(tmp_path):
+    """The flipped byte really is inside the tensor: torch alone loads a changed weight."""
+    p = tmp_path / "checkpoint.pt"
+    atomic_save(_state(), p)
+    _flip_inside_weight(p)
+    payload = p.read_bytes().split(b"\n", 1)[1]
+    w = torch.load(io.BytesIO(payload), weights_only=False)["model"]["w"]
+    assert w.shape == WEIGHT.shape and not torch.equal(w, WEIGHT)
+    assert (w != WEIGHT).sum() == 1
+    with pytest.raises(CheckpointError, match="sha256"):
+        load_checkpoint(p)
+
+
+def test_old_checkpoint_without_checksum_loads_with_a_warning(tmp_path, capsys):
+    p = tmp_path / "checkpoint.pt"
+    torch.save(_state(), p)  # what neurode wrote before checksums
+    ck = load_checkpoint(p)
+    assert torch.equal(ck["model"]["w"], WEIGHT) and ck["epoch"] == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no checksum" in err and str(p) in err
+    # unverified means unverified: a flipped weight in an old file goes unnoticed
+    _flip_inside_weight(p)
+    assert not torch.equal(load_checkpoint(p)["model"]["w"], WEIGHT)
+    # but a broken old file is still an error, not a traceback from torch
+    _truncated(p)
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load_checkpoint(p)
