@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from ._inputs import graph_leaves
 from ._rng import cuda_devices, seeded
 from .errors import (
     FunctionOutputError,
@@ -83,8 +84,22 @@ class Field:
         self.stats = stats
         self.backward = False
         self.structure = structure  # None, or the (shapes, numels) of a tuple state
+        # parameter discovery (SPEC §5.1): when set, the next evaluation records its graph
+        # and `found` becomes every tensor requiring grad that it was computed from
+        self.discover = False
+        self.found: list[Tensor] = []
+        self.stop: tuple[Tensor, ...] = ()  # params= entries: the walk stops at them
 
     def __call__(self, t: float, y: Tensor) -> Tensor:
+        if self.discover:
+            self.discover = False
+            with torch.enable_grad():
+                out = self._eval(t, y.detach())
+            self.found = graph_leaves(out, self.stop)
+            return out.detach()
+        return self._eval(t, y)
+
+    def _eval(self, t: float, y: Tensor) -> Tensor:
         if self.backward:
             self.stats.nfe_backward += 1
         else:

@@ -7,9 +7,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ._inputs import check_state as _state
+from ._inputs import check_times as _times
 from ._loop import Field, SolveStats, integrate
-from .odeint import _state, _times, resolve_control, resolve_solver
 from .solvers.base import ReversibleSolver
+from .solvers.controller import resolve_control
+from .solvers.registry import resolve_solver
 
 
 @dataclass

@@ -6,9 +6,9 @@ import torch
 from torch import Tensor
 
 from .._loop import SolveStats, integrate
-from ..errors import UnsupportedCombinationError
-from ..solvers.base import Solver
-from ..solvers.controller import Adaptive, rms_norm
+from ..errors import InvalidOptionError, UnsupportedCombinationError
+from ..solvers.controller import Adaptive, resolve_control, rms_norm
+from ..solvers.registry import resolve_solver
 from .base import FunctionMethod, Runner, forward_no_graph
 
 
@@ -54,8 +54,50 @@ class Adjoint(FunctionMethod):
             f"seminorm={self.seminorm})"
         )
 
-    def check(self, solver: Solver) -> None:
-        pass
+    exact = False
+
+    def check(self, problem) -> None:
+        self.backward_config(problem, n=problem.y0.numel())
+
+    def backward_config(self, problem, n: int):
+        """The backward solve's solver and step control (raises if they cannot work)."""
+        p = problem
+        solver = p.solver if self.method is None else resolve_solver(self.method)
+        user_norm = None
+        if self.options is not None or self.rtol is not None or self.atol is not None:
+            opts = dict(p.options) if self.options is None else dict(self.options)
+            rtol = self.rtol if self.rtol is not None else getattr(p.control, "rtol", 1e-7)
+            atol = self.atol if self.atol is not None else getattr(p.control, "atol", 1e-9)
+            control = resolve_control(solver, rtol, atol, opts)
+            if self.options is not None and "norm" in self.options:
+                user_norm = control.norm
+        elif isinstance(p.control, Adaptive):
+            control = Adaptive(**{**p.control.__dict__, "norm": None})
+            if not solver.adaptive:
+                raise UnsupportedCombinationError(
+                    f"the adjoint's backward solver {solver.name!r} has no error estimate; give "
+                    f"it step options, e.g. Adjoint(options=dict(step_size=...))"
+                )
+        else:
+            control = p.control
+        if user_norm is not None and self.seminorm:
+            raise InvalidOptionError(
+                "Adjoint(seminorm=True) sets the backward norm itself; do not also give "
+                "options=dict(norm=...)"
+            )
+        if isinstance(control, Adaptive) and user_norm is None:
+            # the forward's norm measured y; the backward state is [y, a, a_θ] (torchdiffeq
+            # drops it too): RMS over all of it, or over [y, a] alone with the seminorm
+            rtol, atol = control.rtol, control.atol
+            cut = 2 * n if self.seminorm else None
+
+            def norm(err, y0, y1):
+                if cut is not None:
+                    err, y0, y1 = err[:cut], y0[:cut], y1[:cut]
+                return rms_norm(err / (torch.maximum(y0.abs(), y1.abs()) * rtol + atol))
+
+            control.norm = norm
+        return solver, control
 
     @property
     def runner_cls(self):
@@ -67,38 +109,6 @@ class _AdjointRunner(Runner):
         outputs, _, _ = forward_no_graph(self, y0)
         self.outputs = outputs
         return outputs
-
-    def _backward_setup(self, n: int):
-        from ..odeint import resolve_control, resolve_solver  # shared option parsing
-
-        p = self.p
-        m = self.method
-        solver = p.solver if m.method is None else resolve_solver(m.method)
-        if m.options is not None or m.rtol is not None or m.atol is not None:
-            opts = dict(p.options) if m.options is None else dict(m.options)
-            rtol = m.rtol if m.rtol is not None else getattr(p.control, "rtol", 1e-7)
-            atol = m.atol if m.atol is not None else getattr(p.control, "atol", 1e-9)
-            control = resolve_control(solver, rtol, atol, opts)
-        elif isinstance(p.control, Adaptive):
-            control = Adaptive(**{**p.control.__dict__, "norm": None})
-        else:
-            control = p.control
-        if isinstance(control, Adaptive):
-            if not solver.adaptive:
-                raise UnsupportedCombinationError(
-                    f"the adjoint's backward solver {solver.name!r} has no error estimate; give "
-                    f"it step options, e.g. Adjoint(options=dict(step_size=...))"
-                )
-            rtol, atol = control.rtol, control.atol
-            cut = 2 * n if m.seminorm else None
-
-            def norm(err, y0, y1):
-                if cut is not None:
-                    err, y0, y1 = err[:cut], y0[:cut], y1[:cut]
-                return rms_norm(err / (torch.maximum(y0.abs(), y1.abs()) * rtol + atol))
-
-            control.norm = norm
-        return solver, control
 
     def backward(self, grads: list[Tensor], y0: Tensor):
         p = self.p
@@ -114,7 +124,9 @@ class _AdjointRunner(Runner):
             with torch.enable_grad():
                 fy = p.field(t, y)
                 if fy.requires_grad:
-                    gs = torch.autograd.grad(fy, (y, *params), a, allow_unused=True)
+                    gs = torch.autograd.grad(
+                        fy, (y, *params), a, allow_unused=True, retain_graph=True
+                    )
                 else:  # f depends on neither y nor params
                     gs = (None,) * (1 + len(params))
             parts = [
@@ -125,7 +137,7 @@ class _AdjointRunner(Runner):
                 parts.append(-g.reshape(-1).to(dtype) if g is not None else y.new_zeros(k))
             return torch.cat(parts)
 
-        solver, control = self._backward_setup(n)
+        solver, control = self.method.backward_config(p, n)
         a = grads[-1].reshape(-1)
         a_theta = y0.new_zeros(sum(numels))
         stats = SolveStats()

@@ -1,14 +1,23 @@
-"""What a gradient method is, and the pieces every method shares.
+r"""What a gradient method is, and the pieces every method shares.
 
 A gradient method decides what the forward solve keeps and how the backward
-pass uses it. Methods other than :class:`~neurode.Direct` run the forward solve
-without a graph inside one ``torch.autograd.Function`` and implement
-``forward``/``backward`` on a per-solve *runner*; all of them drive the single
+pass uses it. The protocol (:class:`GradientMethod`):
+
+- ``check(solver, control)`` raises before ``f`` runs if the combination cannot work;
+- ``solve(problem)`` returns the stacked outputs, differentiable w.r.t. ``y0`` and
+  the parameters.
+
+Methods other than :class:`~neurode.Direct` are :class:`FunctionMethod`\ s: a
+per-solve :class:`Runner` runs the forward solve without a graph (``forward``),
+keeping what its backward needs, and ``backward`` walks the recorded steps last
+to first with a :class:`Sweep` — the one reverse sweep (output cotangents added
+where outputs fell, the init's VJP at the end). All of them drive the single
 stepping loop in ``neurode._loop``.
 """
 
 from __future__ import annotations
 
+import abc
 import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -16,9 +25,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .._loop import Field, SolveStats, StepRNG, integrate
+from .._inputs import unique_tensors
+from .._loop import Field, SolveStats, StepRNG, Trajectory, integrate
 from ..errors import RepeatedBackwardError
-from ..solvers.base import Solver, State
+from ..solvers.base import Solver, State, vjp
 from ..solvers.controller import Adaptive, FixedGrid
 
 # Random-state key of the solver's initial state (ALF's v0, an FSAL stage): step
@@ -40,19 +50,31 @@ class Problem:
     stats: SolveStats
     modules: tuple[nn.Module, ...] = ()
     options: dict = field(default_factory=dict)
+    rng: StepRNG | None = None  # per-step random state, when the method replays steps
 
 
-class GradientMethod:
-    """Base class. Subclasses set ``name`` and implement :meth:`solve`."""
+class GradientMethod(abc.ABC):
+    """What a gradient method implements.
 
-    name = "gradient"
+    Attributes:
+        name: the string that selects it (``gradient="..."``).
+        preserve_rng: whether steps run under per-step random state, so that a
+            replay draws what the original step drew.
+        exact: whether the gradient equals backprop through the discretisation.
+    """
 
-    def check(self, solver: Solver) -> None:
-        """Raise :class:`~neurode.UnsupportedCombinationError` if ``solver`` cannot be used."""
+    name: str = "gradient"
+    preserve_rng: bool = False
+    exact: bool = True
 
+    def check(self, problem: Problem) -> None:  # noqa: B027
+        """Raise a :class:`~neurode.NeurodeError` if this method cannot solve ``problem``
+        (its solver, step control, options). Called before ``f`` is evaluated; the default
+        accepts everything."""
+
+    @abc.abstractmethod
     def solve(self, problem: Problem) -> Tensor:
         """Return the solution at every time, stacked, differentiable w.r.t. ``y0`` and ``params``."""
-        raise NotImplementedError
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -64,7 +86,7 @@ class Runner:
     def __init__(self, method: GradientMethod, problem: Problem):
         self.method = method
         self.p = problem
-        self.rng = StepRNG(problem.y0.device) if method_preserves_rng(method) else None
+        self.rng = problem.rng
 
     def forward(self, y0: Tensor) -> list[Tensor]:
         raise NotImplementedError
@@ -101,18 +123,43 @@ class Runner:
         return self._pull(x0, (leaf,), a, acc)[0]
 
     def _pull(self, outs: State, leaves: State, a: State, acc: list[Tensor | None]) -> State:
-        outs_g = [o for o in outs if o.requires_grad]
-        a_g = [ai for o, ai in zip(outs, a) if o.requires_grad]
-        n = len(leaves)
-        if not outs_g:
-            return tuple(torch.zeros_like(v) for v in leaves)
-        grads = torch.autograd.grad(outs_g, (*leaves, *self.p.params), a_g, allow_unused=True)
-        add_into(acc, grads[n:])
-        return tuple(torch.zeros_like(v) if g is None else g for v, g in zip(leaves, grads[:n]))
+        a_x, g = vjp(outs, leaves, a, self.p.params)
+        add_into(acc, g)
+        return a_x
 
 
-def method_preserves_rng(method: GradientMethod) -> bool:
-    return getattr(method, "preserve_rng", False)
+class Sweep:
+    """The reverse sweep over recorded steps, written once.
+
+    Starts from the adjoint of the final state (the last output's cotangent on
+    ``y``, zero on solver extras); after step ``i`` is reversed it adds the
+    cotangent of the output that was reached after ``i`` steps; :meth:`finish`
+    adds the first output's cotangent and pulls the adjoint through the init.
+    """
+
+    def __init__(self, runner: Runner, grads: list[Tensor], traj: Trajectory, x_final: State):
+        self.runner = runner
+        self.grads = grads
+        self.traj = traj
+        self.acc: list[Tensor | None] = [None] * len(runner.p.params)
+        self.out_at = {s: k for k, s in enumerate(traj.out_steps)}
+        self.a: State = (grads[-1],) + tuple(xi.new_zeros(()).expand_as(xi) for xi in x_final[1:])
+
+    def replay(self, i: int, x: State) -> None:
+        """Reverse step ``i`` from its starting state ``x`` (replayed with its graph)."""
+        t, h = self.traj.steps[i]
+        self.a = self.runner.step_vjp(t, h, x, self.a, self.traj.keys[i], self.acc)
+        self.reached(i)
+
+    def reached(self, i: int) -> None:
+        """Step ``i`` has been reversed: add the output that fell at its start, if any."""
+        k = self.out_at.get(i)
+        if k is not None and k > 0:
+            self.a = (self.a[0] + self.grads[k],) + tuple(self.a[1:])
+
+    def finish(self, y0: Tensor) -> tuple[Tensor, list[Tensor | None]]:
+        self.a = (self.a[0] + self.grads[0],) + tuple(self.a[1:])
+        return self.runner.init_vjp(y0, self.a, self.acc), self.acc
 
 
 def add_into(acc: list[Tensor | None], grads: Sequence[Tensor | None]) -> None:
@@ -141,12 +188,13 @@ def frozen_buffers(modules: Sequence[nn.Module]) -> Iterator[None]:
 
 
 class _SolveFunction(torch.autograd.Function):
+    # The forward solve has already run (it finds the parameters, SPEC §5.1):
+    # ``forward`` hands its outputs to autograd; ``backward`` runs the runner's.
     @staticmethod
-    def forward(ctx, runner: Runner, y0: Tensor, *params: Tensor):
-        outputs = runner.forward(y0)
+    def forward(ctx, runner: Runner, ys: Tensor, y0: Tensor, *params: Tensor):
         ctx.runner = runner
         ctx.y0 = y0.detach()
-        return torch.stack(outputs)
+        return ys
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -170,20 +218,34 @@ class _SolveFunction(torch.autograd.Function):
         g_params = [
             None if g is None else g.to(dtype=p.dtype) for g, p in zip(g_params, runner.p.params)
         ]
-        return (None, g_y0, *g_params)
+        return (None, None, g_y0, *g_params)
 
 
 class FunctionMethod(GradientMethod):
-    """A gradient method implemented by a :class:`Runner` inside ``_SolveFunction``."""
+    """A gradient method implemented by a :class:`Runner` inside ``_SolveFunction``.
+
+    The forward solve runs without a graph; ``f``'s first evaluation runs with
+    one, so that walking it finds every tensor ``f`` uses that requires grad
+    (however ``f`` reaches it). Those, and ``params=``, get gradients.
+    """
 
     runner_cls: type[Runner] = Runner
 
     def solve(self, problem: Problem) -> Tensor:
         runner = self.runner_cls(self, problem)
-        return _SolveFunction.apply(runner, problem.y0, *problem.params)
+        y0 = problem.y0
+        field = problem.field
+        field.discover = torch.is_grad_enabled()
+        with torch.no_grad():
+            ys = torch.stack(runner.forward(y0.detach()))
+        field.discover = False
+        problem.params = unique_tensors([*problem.params, *field.found])
+        if not torch.is_grad_enabled() or not (y0.requires_grad or problem.params):
+            return ys
+        return _SolveFunction.apply(runner, ys, y0, *problem.params)
 
 
-def forward_no_graph(runner: Runner, y0: Tensor, on_step=None):
+def forward_no_graph(runner: Runner, y0: Tensor, on_step=None):  # noqa: D103
     """The forward solve of every non-direct method: the one loop, no graph."""
     p = runner.p
     with torch.no_grad():

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from ..errors import InvalidOptionError
 from ..solvers.controller import FixedGrid
-from .base import FunctionMethod, Runner, forward_no_graph
+from .base import FunctionMethod, Runner, Sweep, forward_no_graph
 from .schedule import OnlineThinning, forward_chain, reverse_all
 
 
@@ -68,31 +68,12 @@ class _EveryStep(Runner):
         return outputs
 
     def backward(self, grads: list[Tensor], y0: Tensor):
-        traj, states = self.traj, self.states
-        acc: list[Tensor | None] = [None] * len(self.p.params)
-        k = len(traj.out_steps) - 1
-        n = len(traj.steps)
-        x_last = None
-        a = None
-        for i in range(n, 0, -1):
-            if a is None:
-                x_last = states[i - 1]
-                a = self._zero_adjoint(x_last, grads[-1])
-                k -= 1
-            elif traj.out_steps[k] == i:
-                a = (a[0] + grads[k],) + tuple(a[1:])
-                k -= 1
-            t, h = traj.steps[i - 1]
-            a = self.step_vjp(t, h, states[i - 1], a, traj.keys[i - 1], acc)
-            states[i - 1] = None  # release memory as we go
-        a = (a[0] + grads[0],) + tuple(a[1:])
-        g_y0 = self.init_vjp(y0, a, acc)
-        return g_y0, acc
-
-    @staticmethod
-    def _zero_adjoint(x_like, g_y):
-        # adjoint of the final state: the output gradient on y, zero on solver extras
-        return (g_y,) + tuple(xi.new_zeros(()).expand_as(xi) for xi in x_like[1:])
+        states = self.states
+        sweep = Sweep(self, grads, self.traj, states[-1])  # any state has the final's structure
+        for i in range(len(states) - 1, -1, -1):
+            sweep.replay(i, states[i])
+            states[i] = None  # release memory as we go
+        return sweep.finish(y0)
 
 
 class _Budget(Runner):
@@ -120,30 +101,22 @@ class _Budget(Runner):
         return outputs
 
     def backward(self, grads: list[Tensor], y0: Tensor):
-        engine = _Engine(self, grads)
+        engine = _Engine(self, Sweep(self, grads, self.traj, self.x_final))
+        self.x_final = None
         positions = sorted(self.stored)
         reverse_all(engine, positions, len(self.traj.steps), self.method.budget)
         self.p.stats.recomputed_steps += engine.recomputed
-        a = engine.a
-        a = (a[0] + grads[0],) + tuple(a[1:])
-        return self.init_vjp(y0, a, engine.acc), engine.acc
+        return engine.sweep.finish(y0)
 
 
 class _Engine:
     """Connects the pure schedule to tensors: stores, recomputes and replays steps."""
 
-    def __init__(self, runner: _Budget, grads: list[Tensor]):
+    def __init__(self, runner: _Budget, sweep: Sweep):
         self.r = runner
-        self.grads = grads
-        self.acc: list[Tensor | None] = [None] * len(runner.p.params)
+        self.sweep = sweep
         self.recomputed = 0
-        traj = runner.traj
-        self.out_at = {s: k for k, s in enumerate(traj.out_steps)}
-        n = len(traj.steps)
-        x_last = runner.x_final
-        self.a = _EveryStep._zero_adjoint(x_last, grads[-1])
-        self.next_vjp = n - 1
-        runner.x_final = None
+        self.next_vjp = len(runner.traj.steps) - 1
 
     def load(self, pos):
         return self.r.stored[pos]
@@ -167,10 +140,5 @@ class _Engine:
 
     def vjp(self, pos, x):
         assert pos == self.next_vjp, "schedule must reverse steps in order"
-        r = self.r
-        t, h = r.traj.steps[pos]
-        self.a = r.step_vjp(t, h, x, self.a, r.traj.keys[pos], self.acc)
+        self.sweep.replay(pos, x)
         self.next_vjp -= 1
-        k = self.out_at.get(pos)
-        if k is not None and k > 0:
-            self.a = (self.a[0] + self.grads[k],) + tuple(self.a[1:])

@@ -7,7 +7,7 @@ import contextlib
 import torch
 from torch import Tensor
 
-from .._loop import StepRNG, integrate
+from .._loop import integrate
 from .base import INIT_KEY, GradientMethod, Problem
 
 
@@ -23,8 +23,9 @@ class Direct(GradientMethod):
 
     name = "direct"
 
-    def solve(self, problem: Problem, rng: StepRNG | None = None) -> Tensor:
+    def solve(self, problem: Problem) -> Tensor:
         p = problem
+        rng = p.rng
         # with a step RNG, draw the init's randomness as the other methods do (see INIT_KEY)
         with rng(INIT_KEY) if rng is not None else contextlib.nullcontext():
             x0 = p.solver.init(p.field, p.times[0], p.y0)

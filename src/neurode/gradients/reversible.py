@@ -6,13 +6,11 @@ reversible Runge–Kutta wrapper.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from ..errors import UnsupportedCombinationError
-from ..solvers.base import ReversibleSolver, Solver
-from .base import FunctionMethod, Runner, add_into, forward_no_graph
-from .checkpoint import _EveryStep
+from ..solvers.base import ReversibleSolver
+from .base import FunctionMethod, Runner, Sweep, add_into, forward_no_graph
 
 
 class ReversibleGradient(FunctionMethod):
@@ -36,7 +34,8 @@ class ReversibleGradient(FunctionMethod):
     def __init__(self, preserve_rng: bool = True):
         self.preserve_rng = preserve_rng
 
-    def check(self, solver: Solver) -> None:
+    def check(self, problem) -> None:
+        solver = problem.solver
         if not isinstance(solver, ReversibleSolver):
             raise UnsupportedCombinationError(
                 f"gradient='reversible' needs a solver that can invert its steps, and "
@@ -56,27 +55,15 @@ class _Reverse(Runner):
 
     def backward(self, grads: list[Tensor], y0: Tensor):
         p = self.p
-        solver = p.solver
-        traj = self.traj
-        acc: list[Tensor | None] = [None] * len(p.params)
         x = self.x_final
         self.x_final = None
-        a = _EveryStep._zero_adjoint(x, grads[-1])
-        out_at = {s: k for k, s in enumerate(traj.out_steps)}
-        fused = hasattr(solver, "backward_step")
-        for i in range(len(traj.steps) - 1, -1, -1):
-            t, h = traj.steps[i]
-            key = traj.keys[i]
-            if fused:
-                with self.rng_ctx(key):
-                    x, a, g = solver.backward_step(p.field, t, h, x, a, p.params)
-                add_into(acc, g)
-            else:
-                with torch.no_grad(), self.rng_ctx(key):
-                    x = solver.inverse(p.field, t, h, x)
-                a = self.step_vjp(t, h, x, a, key, acc)
-            k = out_at.get(i)
-            if k is not None and k > 0:
-                a = (a[0] + grads[k],) + tuple(a[1:])
-        a = (a[0] + grads[0],) + tuple(a[1:])
-        return self.init_vjp(y0, a, acc), acc
+        sweep = Sweep(self, grads, self.traj, x)
+        for i in range(len(self.traj.steps) - 1, -1, -1):
+            t, h = self.traj.steps[i]
+            key = self.traj.keys[i]
+            x, sweep.a, g = p.solver.backward_step(
+                p.field, t, h, x, sweep.a, p.params, lambda key=key: self.rng_ctx(key)
+            )
+            add_into(sweep.acc, g)
+            sweep.reached(i)
+        return sweep.finish(y0)

@@ -25,6 +25,8 @@ problems where undamped ALF (η = 1) is only marginally stable.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor
 
@@ -80,7 +82,7 @@ class ALF(ReversibleSolver):
         v = (u * eta2 - v1) / (eta2 - 1.0)
         return (y_m.add(v, alpha=-0.5 * h), v)
 
-    def backward_step(self, f, t, h, x1, a1, params):
+    def backward_step(self, f, t, h, x1, a1, params, rng=contextlib.nullcontext):
         """Rebuild ``x0`` from ``x1`` and pull ``a1 = (a_y1, a_v1)`` back through the step.
 
         The forward step's only evaluation, ``u = f(t + h/2, y_m)``, is also the
@@ -94,7 +96,7 @@ class ALF(ReversibleSolver):
         with torch.no_grad():
             y_m = y1.add(v1, alpha=-0.5 * h)
         y_m = y_m.detach().requires_grad_(True)
-        with torch.enable_grad():
+        with torch.enable_grad(), rng():
             u = f(t + 0.5 * h, y_m)
         with torch.no_grad():
             x0 = self._rebuild(h, y_m.detach(), u.detach(), v1)
@@ -102,7 +104,9 @@ class ALF(ReversibleSolver):
             a_v1_tot = a_v1.add(a_y1, alpha=0.5 * h)
             a_u = a_v1_tot * eta2
         if u.requires_grad:
-            grads = torch.autograd.grad(u, (y_m, *params), a_u, allow_unused=True)
+            grads = torch.autograd.grad(
+                u, (y_m, *params), a_u, allow_unused=True, retain_graph=True
+            )
         else:  # f depends on neither y nor params (e.g. f(t, y) = g(t))
             grads = (None,) * (1 + len(params))
         with torch.no_grad():

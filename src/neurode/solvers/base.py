@@ -12,8 +12,12 @@ with ``t`` a Python float (times are float64 throughout) and ``y`` a tensor.
 
 from __future__ import annotations
 
+import abc
+import contextlib
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager as ContextManager
 
+import torch
 from torch import Tensor
 
 State = tuple[Tensor, ...]
@@ -61,8 +65,56 @@ class ReversibleSolver(Solver):
     with its graph, subclasses may fuse the two (ALF evaluates f once).
     """
 
+    @abc.abstractmethod
     def inverse(self, f: VectorField, t: float, h: float, x1: State) -> State:
-        raise NotImplementedError
+        """Rebuild the state at ``t`` from the state ``x1`` at ``t + h``."""
+
+    def backward_step(
+        self,
+        f: VectorField,
+        t: float,
+        h: float,
+        x1: State,
+        a1: State,
+        params: Sequence[Tensor],
+        rng: Callable[[], ContextManager] = contextlib.nullcontext,
+    ) -> tuple[State, State, tuple[Tensor | None, ...]]:
+        """Rebuild ``x0`` from ``x1`` and pull the adjoint ``a1`` back through the step.
+
+        Default: invert, then replay the step from the rebuilt state with its graph
+        (``rng()`` is entered around each, so both draw what the forward step drew).
+        Returns ``(x0, a0, param_grads)``.
+        """
+        with torch.no_grad(), rng():
+            x0 = self.inverse(f, t, h, x1)
+        leaves = tuple(xi.detach().requires_grad_(True) for xi in x0)
+        with torch.enable_grad(), rng():
+            x1r, _ = self.step(f, t, h, leaves)
+        a0, g = vjp(x1r, leaves, a1, params)
+        return x0, a0, g
+
+
+def vjp(
+    outs: State, leaves: State, a: State, params: Sequence[Tensor]
+) -> tuple[State, tuple[Tensor | None, ...]]:
+    """Pull ``a`` back from ``outs`` to ``leaves`` and ``params``.
+
+    Returns the adjoint of ``leaves`` (zeros where ``outs`` does not depend on
+    them) and the parameter gradients (``None`` where unused). The graph is
+    retained: it is local to one step and freed with it, but a parameter that
+    ``f`` reaches through a tensor computed outside it shares that outside
+    graph with every step.
+    """
+    outs_g = [o for o in outs if o.requires_grad]
+    a_g = [ai for o, ai in zip(outs, a) if o.requires_grad]
+    n = len(leaves)
+    if not outs_g:
+        return tuple(torch.zeros_like(v) for v in leaves), (None,) * len(params)
+    grads = torch.autograd.grad(
+        outs_g, (*leaves, *params), a_g, allow_unused=True, retain_graph=True
+    )
+    a_x = tuple(torch.zeros_like(v) if g is None else g for v, g in zip(leaves, grads[:n]))
+    return a_x, tuple(grads[n:])
 
 
 def combine(base: Tensor | None, h: float, coeffs: Sequence[float], ks: Sequence[Tensor]) -> Tensor:

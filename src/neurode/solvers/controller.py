@@ -8,6 +8,7 @@ discretisation that was actually run, and it matches torchdiffeq and diffrax.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -15,7 +16,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..errors import InvalidOptionError
+from ..errors import InvalidOptionError, NonFiniteStateError
+
+_HALF = (torch.float16, torch.bfloat16)
 
 
 def _positive(name: str, value, allow_zero: bool = False) -> float:
@@ -29,6 +32,66 @@ def _positive(name: str, value, allow_zero: bool = False) -> float:
     return value
 
 
+DEFAULT_MAX_STEPS = 100_000
+
+
+def _count(name: str, value) -> int:
+    """A positive integer option (``max_steps``, ``steps``)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok and isinstance(value, float):
+        ok = math.isfinite(value) and value == int(value)
+    if not ok or int(value) < 1:
+        raise InvalidOptionError(f"option {name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def norm_option(norm, rtol: float, atol: float):
+    """The ``norm`` option in neurode's form ``norm(err, y0, y1) -> scalar``.
+
+    torchdiffeq's one-argument form ``norm(x)`` is applied, as torchdiffeq does,
+    to the error already divided by ``atol + rtol·max(|y0|, |y1|)``.
+    """
+    if not callable(norm):
+        raise InvalidOptionError(f"option norm must be callable, got {type(norm).__name__}")
+    try:
+        sig = inspect.signature(norm)
+        positional = [
+            p
+            for p in sig.parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+        ]
+        varargs = any(p.kind == p.VAR_POSITIONAL for p in sig.parameters.values())
+    except (TypeError, ValueError):  # builtins without a signature: assume neurode's form
+        return norm
+    if len(positional) == 1 and not varargs:
+
+        def scaled(err: Tensor, y0: Tensor, y1: Tensor) -> Tensor:
+            return norm(err / (torch.maximum(y0.abs(), y1.abs()) * rtol + atol))
+
+        return scaled
+    if len(positional) == 3 or varargs:
+        return norm
+    raise InvalidOptionError(
+        f"option norm must take one argument (torchdiffeq's norm(x) of the scaled error) or "
+        f"three (norm(err, y0, y1)), got a function of {len(positional)}"
+    )
+
+
+def _scalar(value, what: str = "norm") -> float:
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise InvalidOptionError(
+                f"option {what} must return a scalar, got a tensor of shape {tuple(value.shape)}"
+            )
+        return float(value)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise InvalidOptionError(
+            f"option {what} must return a scalar, got {type(value).__name__}"
+        ) from None
+
+
 @dataclass(frozen=True)
 class FixedGrid:
     """A fixed grid: ``step_size`` (the last step of each output interval is
@@ -37,7 +100,7 @@ class FixedGrid:
 
     step_size: float | None = None
     steps: int | None = None
-    max_steps: int | None = None
+    max_steps: int = DEFAULT_MAX_STEPS
 
     def __post_init__(self):
         if self.step_size is not None and self.steps is not None:
@@ -45,11 +108,10 @@ class FixedGrid:
         if self.step_size is not None:
             object.__setattr__(self, "step_size", _positive("step_size", self.step_size))
         if self.steps is not None:
-            if isinstance(self.steps, bool) or int(self.steps) != self.steps or self.steps < 1:
-                raise InvalidOptionError(
-                    f"option steps must be a positive integer, got {self.steps!r}"
-                )
-            object.__setattr__(self, "steps", int(self.steps))
+            object.__setattr__(self, "steps", _count("steps", self.steps))
+        if self.max_steps is None:
+            object.__setattr__(self, "max_steps", DEFAULT_MAX_STEPS)
+        object.__setattr__(self, "max_steps", _count("max_steps", self.max_steps))
 
     def count(self, t0: float, t1: float) -> int:
         """Number of steps from ``t0`` to ``t1``."""
@@ -101,7 +163,7 @@ class Adaptive:
     rtol: float = 1e-7
     atol: float = 1e-9
     first_step: float | None = None
-    max_steps: int = 100_000
+    max_steps: int = 100_000  # DEFAULT_MAX_STEPS
     min_step: float = 0.0
     max_step: float = math.inf
     safety: float = 0.9
@@ -117,15 +179,7 @@ class Adaptive:
             raise InvalidOptionError("rtol and atol cannot both be 0")
         if self.first_step is not None:
             self.first_step = _positive("first_step", self.first_step)
-        if (
-            isinstance(self.max_steps, bool)
-            or int(self.max_steps) != self.max_steps
-            or self.max_steps < 1
-        ):
-            raise InvalidOptionError(
-                f"max_steps must be a positive integer, got {self.max_steps!r}"
-            )
-        self.max_steps = int(self.max_steps)
+        self.max_steps = _count("max_steps", self.max_steps)
         self.min_step = _positive("min_step", self.min_step, allow_zero=True)
         self.max_step = float(self.max_step)
         if not self.max_step > 0:
@@ -133,6 +187,10 @@ class Adaptive:
         if self.min_step > self.max_step:
             raise InvalidOptionError(f"min_step {self.min_step} exceeds max_step {self.max_step}")
         self.safety = _positive("safety", self.safety)
+        if self.safety > 1.0:
+            raise InvalidOptionError(
+                f"option safety must lie in (0, 1] (it shrinks the proposed step), got {self.safety}"
+            )
         self.ifactor = _positive("ifactor", self.ifactor)
         self.dfactor = _positive("dfactor", self.dfactor)
         if not (self.dfactor < 1.0 < self.ifactor):
@@ -145,7 +203,9 @@ class Adaptive:
     def error_ratio(self, err: Tensor, y0: Tensor, y1: Tensor) -> float:
         with torch.no_grad():
             if self.norm is not None:
-                return float(self.norm(err, y0, y1))
+                return _scalar(self.norm(err, y0, y1))
+            if err.dtype in _HALF:  # half precision cannot hold err / tol: norm in float32
+                err, y0, y1 = err.float(), y0.float(), y1.float()
             # two state-sized temporaries instead of five; the same values as
             # rms_norm(err / (atol + rtol * max(|y0|, |y1|)))
             scale = y0.abs()
@@ -160,7 +220,9 @@ class Adaptive:
     def scaled_norm(self, x: Tensor, y0: Tensor) -> float:
         with torch.no_grad():
             if self.norm is not None:
-                return float(self.norm(x, y0, y0))
+                return _scalar(self.norm(x, y0, y0))
+            if x.dtype in _HALF:
+                x, y0 = x.float(), y0.float()
             return float(rms_norm(x / (y0.abs() * self.rtol + self.atol)))
 
     def factor(self, r: float, r_prev: float, q: int) -> float:
@@ -184,13 +246,86 @@ class Adaptive:
         with torch.no_grad():
             d0 = self.scaled_norm(y0, y0)
             d1 = self.scaled_norm(f0, y0)
+            if not math.isfinite(d1):
+                raise NonFiniteStateError(
+                    f"f(t, y) produces NaN/Inf near t={t0:.6g}: already f(t0, y0) is not finite "
+                    f"(y0 is), so f overflows or divides by zero at the initial state"
+                )
             h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
             h0 = min(h0, self.max_step)
             y1 = y0 + f0 * (direction * h0)
             f1 = f(t0 + direction * h0, y1)
             d2 = self.scaled_norm(f1 - f0, y0) / h0
+            if not math.isfinite(d2):  # f blows up just after t0: start small, let control decide
+                return min(h0 * 1e-3, self.max_step)
             if max(d1, d2) <= 1e-15:
                 h1 = max(1e-6, h0 * 1e-3)
             else:
                 h1 = (0.01 / max(d1, d2)) ** (1.0 / (order + 1))
         return min(100 * h0, h1, self.max_step)
+
+
+_FIXED_OPTIONS = {"step_size", "steps"}
+_ADAPTIVE_OPTIONS = {
+    "first_step",
+    "max_num_steps",
+    "min_step",
+    "max_step",
+    "safety",
+    "ifactor",
+    "dfactor",
+    "controller",
+    "norm",
+}
+OPTIONS = sorted(_FIXED_OPTIONS | _ADAPTIVE_OPTIONS | {"max_steps"})
+
+
+def resolve_control(solver, rtol, atol, options) -> FixedGrid | Adaptive:
+    """Fixed grid if ``step_size``/``steps`` is given or the solver has no error
+    estimate; adaptive otherwise. Options that would have no effect raise."""
+    if options is None:
+        options = {}
+    if not isinstance(options, dict):
+        raise InvalidOptionError(
+            f"options must be a dict such as dict(step_size=0.1), got {type(options).__name__}"
+        )
+    bad_keys = [k for k in options if not isinstance(k, str)]
+    if bad_keys:
+        raise InvalidOptionError(f"option names must be strings, got {bad_keys}")
+    unknown = set(options) - set(OPTIONS)
+    if unknown:
+        raise InvalidOptionError(
+            f"unknown option(s) {sorted(unknown)}; valid options are {OPTIONS}"
+        )
+    max_steps = options.get("max_steps", options.get("max_num_steps"))
+    if "max_steps" in options and "max_num_steps" in options:
+        raise InvalidOptionError("give max_steps or its torchdiffeq name max_num_steps, not both")
+    fixed = _FIXED_OPTIONS & set(options)
+    for name, tol in (("rtol", rtol), ("atol", atol)):
+        try:
+            ok = math.isfinite(float(tol)) and float(tol) >= 0
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise InvalidOptionError(f"{name} must be a finite number >= 0, got {tol!r}")
+    if fixed or not solver.adaptive:
+        extra = (_ADAPTIVE_OPTIONS - {"max_num_steps"}) & set(options)
+        if extra:
+            why = (
+                "a fixed grid was requested" if fixed else f"{solver.name!r} has no error estimate"
+            )
+            raise InvalidOptionError(
+                f"option(s) {sorted(extra)} only apply to adaptive stepping, but {why}; "
+                f"remove them, or drop step_size/steps and use an adaptive method"
+            )
+        return FixedGrid(
+            step_size=options.get("step_size"),
+            steps=options.get("steps"),
+            max_steps=DEFAULT_MAX_STEPS if max_steps is None else max_steps,
+        )
+    kw = {k: options[k] for k in _ADAPTIVE_OPTIONS - {"max_num_steps"} if k in options}
+    if "norm" in kw:
+        kw["norm"] = norm_option(kw["norm"], float(rtol), float(atol))
+    if max_steps is not None:
+        kw["max_steps"] = max_steps
+    return Adaptive(rtol=rtol, atol=atol, **kw)

@@ -4,8 +4,18 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from ..errors import UnknownMethodError
 from .base import Solver, State, VectorField, combine
 from .tableau import TABLEAUS, ButcherTableau
+
+
+def tableau_named(name: str) -> ButcherTableau:
+    """The explicit tableau called ``name``; an unknown name raises, listing the known ones."""
+    if name not in TABLEAUS:
+        raise UnknownMethodError(
+            f"no explicit Runge–Kutta tableau is called {name!r}; choose one of {sorted(TABLEAUS)}"
+        )
+    return TABLEAUS[name]
 
 
 def rk_step(
@@ -41,7 +51,7 @@ class RungeKutta(Solver):
 
     def __init__(self, tableau: ButcherTableau | str):
         if isinstance(tableau, str):
-            tableau = TABLEAUS[tableau]
+            tableau = tableau_named(tableau)
         self.tableau = tableau
         self.name = tableau.name
         self.order = tableau.order
