@@ -2,19 +2,25 @@
 
 import hashlib
 import io
+import os
 
 import pytest
 import torch
 
 from neurode.errors import CheckpointError, NeurodeError
-from neurode.train.common import atomic_save, load_checkpoint
+from neurode.train.common import (
+    atomic_save,
+    keeping_previous_checkpoints,
+    load_checkpoint,
+    previous_checkpoint_path,
+)
 
 #: a tensor whose raw bytes are easy to find inside the file (torch.save does not compress)
 WEIGHT = torch.arange(4096, dtype=torch.float32) * 0.5 + 1.0
 
 
 def _state(v=1):
-    return {"model": {"w": WEIGHT * v, "b": torch.zeros(3)}, "epoch": v, "records": [{"e": v}]}
+    return {"model": {"w": WEIGHT.clone(), "b": torch.full((3,), float(v))}, "epoch": v}
 
 
 def _flip_inside_weight(path):
@@ -139,3 +145,100 @@ def test_old_checkpoint_without_checksum_loads_with_a_warning(tmp_path, capsys):
     _truncated(p)
     with pytest.raises(CheckpointError, match="not a readable checkpoint"):
         load_checkpoint(p)
+
+
+# -- the previous checkpoint ------------------------------------------------------
+
+
+def _epochs(p):
+    return load_checkpoint(p, fallback=False)["epoch"]
+
+
+def test_keep_previous_rotates_and_a_bad_newest_falls_back(tmp_path, capsys):
+    p = tmp_path / "checkpoint.pt"
+    prev = previous_checkpoint_path(p)
+    assert prev == tmp_path / "checkpoint.prev.pt"
+    atomic_save(_state(1), p, keep_previous=True)
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint.pt"]  # nothing to keep yet
+    for v in (2, 3):
+        atomic_save(_state(v), p, keep_previous=True)
+    assert set(os.listdir(tmp_path)) == {"checkpoint.pt", "checkpoint.prev.pt"}
+    assert (_epochs(p), _epochs(prev)) == (3, 2)
+    assert capsys.readouterr().err == ""
+
+    _flip_inside_weight(p)
+    ck = load_checkpoint(p)
+    assert ck["epoch"] == 2 and torch.equal(ck["model"]["w"], WEIGHT)
+    assert torch.equal(ck["model"]["b"], torch.full((3,), 2.0))
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert "sha256" in err and "falling back" in err and str(prev) in err
+    with pytest.raises(CheckpointError, match="sha256"):
+        load_checkpoint(p, fallback=False)
+
+
+def test_newest_and_previous_both_bad_is_one_error_naming_both(tmp_path):
+    p = tmp_path / "checkpoint.pt"
+    for v in (1, 2):
+        atomic_save(_state(v), p, keep_previous=True)
+    _flip_inside_weight(p)
+    _truncated(previous_checkpoint_path(p))
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(p)
+    text = str(info.value)
+    assert "sha256" in text and "truncated" in text and "checkpoint.prev.pt" in text
+    assert "\n" not in text
+
+
+def test_without_a_previous_checkpoint_the_error_says_so(tmp_path):
+    p = tmp_path / "checkpoint.pt"
+    atomic_save(_state(), p)
+    _empty(p)
+    with pytest.raises(CheckpointError, match="no previous checkpoint"):
+        load_checkpoint(p)
+
+
+def test_a_damaged_newest_is_not_kept_over_the_good_previous(tmp_path):
+    p = tmp_path / "checkpoint.pt"
+    for v in (1, 2):
+        atomic_save(_state(v), p, keep_previous=True)
+    _garbage(p)
+    atomic_save(_state(3), p, keep_previous=True)
+    assert (_epochs(p), _epochs(previous_checkpoint_path(p))) == (3, 1)
+
+
+def test_keep_previous_defaults_off_and_on_inside_the_context(tmp_path):
+    p = tmp_path / "checkpoint.pt"
+    atomic_save(_state(1), p)
+    atomic_save(_state(2), p)
+    assert not previous_checkpoint_path(p).exists()
+    with keeping_previous_checkpoints():
+        atomic_save(_state(3), p)
+        assert _epochs(previous_checkpoint_path(p)) == 2
+        atomic_save(_state(4), p, keep_previous=False)  # an explicit choice wins
+        assert _epochs(previous_checkpoint_path(p)) == 2
+    atomic_save(_state(5), p)
+    assert _epochs(previous_checkpoint_path(p)) == 2
+
+
+def test_previous_is_a_copy_where_hard_links_are_unsupported(tmp_path, monkeypatch):
+    def no_links(src, dst):
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    p = tmp_path / "checkpoint.pt"
+    for v in (1, 2):
+        atomic_save(_state(v), p, keep_previous=True)
+    assert (_epochs(p), _epochs(previous_checkpoint_path(p))) == (2, 1)
+    assert set(os.listdir(tmp_path)) == {"checkpoint.pt", "checkpoint.prev.pt"}
+
+
+def test_an_old_unchecksummed_checkpoint_is_kept_as_the_previous(tmp_path, capsys):
+    p = tmp_path / "checkpoint.pt"
+    torch.save(_state(1), p)
+    atomic_save(_state(2), p, keep_previous=True)
+    assert capsys.readouterr().err == ""  # checking that the old file loads is silent
+    _flip_inside_weight(p)
+    assert load_checkpoint(p)["epoch"] == 1
+    err = capsys.readouterr().err
+    assert "no checksum" in err and "falling back" in err

@@ -17,11 +17,15 @@ that the classifier, CNF and latent-ODE trainers use the same conventions:
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import io
 import json
 import os
 import random
+import secrets
+import shutil
 import sys
 import tempfile
 import weakref
@@ -37,6 +41,8 @@ from ..errors import CheckpointError
 __all__ = [
     "atomic_save",
     "load_checkpoint",
+    "previous_checkpoint_path",
+    "keeping_previous_checkpoints",
     "set_seed",
     "resolve_device",
     "capture_rng_state",
@@ -56,8 +62,33 @@ _MAGIC = b"neurode-checkpoint "
 _FORMAT_VERSION = 1
 _HEADER_MAX = 128  # bytes; the real header is about 110
 
+#: the default of ``atomic_save(..., keep_previous=None)``; see keeping_previous_checkpoints
+_KEEP_PREVIOUS: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "neurode_keep_previous_checkpoint", default=False
+)
 
-def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+
+def previous_checkpoint_path(path: str | os.PathLike) -> Path:
+    """Where the copy replaced by the newest save is kept: ``checkpoint.pt`` → ``checkpoint.prev.pt``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+@contextlib.contextmanager
+def keeping_previous_checkpoints():
+    """Within the block, :func:`atomic_save` keeps the file it replaces unless told otherwise.
+
+    ``neurode train`` runs the classifier inside this block, so every epoch's
+    save first moves the last good ``checkpoint.pt`` to ``checkpoint.prev.pt``.
+    """
+    token = _KEEP_PREVIOUS.set(True)
+    try:
+        yield
+    finally:
+        _KEEP_PREVIOUS.reset(token)
+
+
+def atomic_save(obj: Any, path: str | os.PathLike, *, keep_previous: bool | None = None) -> None:
     """``torch.save(obj, path)`` that never leaves a partial file, with a checksum.
 
     The object is serialised in memory first (so an unpicklable object touches
@@ -66,8 +97,18 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     filesystem), flushed and fsynced, and moved over ``path`` with
     ``os.replace``, which is atomic on POSIX and Windows. Read it back with
     :func:`load_checkpoint`.
+
+    ``keep_previous=True`` first keeps the file being replaced, if it passes its
+    checksum, as :func:`previous_checkpoint_path` (a hard link, or a copy where
+    links are unsupported, moved into place with ``os.replace``), so
+    :func:`load_checkpoint` can fall back to it. ``path`` exists throughout.
+    A damaged ``path`` is not kept: the previous good copy stays. ``None``
+    (the default) means ``False``, or ``True`` inside
+    :func:`keeping_previous_checkpoints`.
     """
     path = Path(path)
+    if keep_previous is None:
+        keep_previous = _KEEP_PREVIOUS.get()
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     torch.save(obj, buf)
@@ -81,6 +122,8 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
             f.write(payload)
             f.flush()
             os.fsync(f.fileno())
+        if keep_previous and path.is_file() and _is_good(path):
+            _keep_copy(path, previous_checkpoint_path(path))
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -89,6 +132,25 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
             pass
         raise
     _fsync_dir(path.parent)
+
+
+def _keep_copy(src: Path, dst: Path) -> None:
+    """Atomically make ``dst`` a copy of ``src`` (hard link, else a byte copy)."""
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError:  # no hard links on this filesystem
+            shutil.copyfile(src, tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, dst)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -116,43 +178,71 @@ def _warn(message: str) -> None:
         print(f"neurode: warning: {message}", file=sys.stderr, flush=True)
 
 
-def _read_checkpoint(path: Path, map_location: Any) -> dict:
-    """Load one file, verifying its checksum; any defect raises :class:`CheckpointError`."""
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise CheckpointError(f"checkpoint {path} cannot be read ({_one_line(e)})") from None
+def _checked_payload(path: Path, data: bytes) -> memoryview | None:
+    """The payload of a checksummed file after verifying it; ``None`` for a file without a header.
+
+    Raises :class:`CheckpointError` for an empty file or a bad header, length or digest.
+    """
     if not data:
         raise CheckpointError(f"checkpoint {path} is empty")
-    if data.startswith(_MAGIC):
-        end = data.find(b"\n", 0, _HEADER_MAX)
-        fields = data[len(_MAGIC) : max(end, 0)].split(b" ")
-        if end < 0 or len(fields) != 3 or not fields[1].startswith(b"sha256:"):
-            raise CheckpointError(f"checkpoint {path} has a damaged or truncated header")
+    if not data.startswith(_MAGIC):
+        return None
+    end = data.find(b"\n", 0, _HEADER_MAX)
+    fields = data[len(_MAGIC) : max(end, 0)].split(b" ")
+    if end < 0 or len(fields) != 3 or not fields[1].startswith(b"sha256:"):
+        raise CheckpointError(f"checkpoint {path} has a damaged or truncated header")
+    try:
+        version, size = int(fields[0]), int(fields[2])
+    except ValueError:
+        raise CheckpointError(f"checkpoint {path} has a damaged header") from None
+    if version != _FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} has format {version}, which this neurode cannot read"
+        )
+    payload = memoryview(data)[end + 1 :]
+    if len(payload) < size:
+        raise CheckpointError(
+            f"checkpoint {path} is truncated ({len(payload)} of {size} payload bytes)"
+        )
+    if len(payload) > size:
+        raise CheckpointError(
+            f"checkpoint {path} has {len(payload) - size} unexpected bytes after its payload"
+        )
+    if hashlib.sha256(payload).hexdigest().encode() != fields[1][len(b"sha256:") :]:
+        raise CheckpointError(f"checkpoint {path} is corrupt: its payload fails the sha256 check")
+    return payload
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"checkpoint {path} cannot be read ({_one_line(e)})") from None
+
+
+def _torch_load(data, map_location: Any) -> Any:
+    # weights_only=False: checkpoints hold RNG states (numpy arrays, python tuples)
+    return torch.load(io.BytesIO(data), map_location=map_location, weights_only=False)
+
+
+def _is_good(path: Path) -> bool:
+    """Whether ``path`` is worth keeping: it passes its checksum (or, without one, loads)."""
+    try:
+        data = _read_bytes(path)
+        if _checked_payload(path, data) is None:
+            _torch_load(data, "cpu")
+    except Exception:
+        return False
+    return True
+
+
+def _read_checkpoint(path: Path, map_location: Any) -> dict:
+    """Load one file, verifying its checksum; any defect raises :class:`CheckpointError`."""
+    data = _read_bytes(path)
+    payload = _checked_payload(path, data)
+    if payload is not None:
         try:
-            version, size = int(fields[0]), int(fields[2])
-        except ValueError:
-            raise CheckpointError(f"checkpoint {path} has a damaged header") from None
-        if version != _FORMAT_VERSION:
-            raise CheckpointError(
-                f"checkpoint {path} has format {version}, which this neurode cannot read"
-            )
-        payload = memoryview(data)[end + 1 :]
-        if len(payload) < size:
-            raise CheckpointError(
-                f"checkpoint {path} is truncated ({len(payload)} of {size} payload bytes)"
-            )
-        if len(payload) > size:
-            raise CheckpointError(
-                f"checkpoint {path} has {len(payload) - size} unexpected bytes after its payload"
-            )
-        if hashlib.sha256(payload).hexdigest().encode() != fields[1][len(b"sha256:") :]:
-            raise CheckpointError(
-                f"checkpoint {path} is corrupt: its payload fails the sha256 check"
-            )
-        try:
-            # weights_only=False: checkpoints hold RNG states (numpy arrays, python tuples)
-            return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=False)
+            return _torch_load(payload, map_location)
         except Exception as e:
             raise CheckpointError(
                 f"checkpoint {path} passes its checksum but cannot be loaded ({_one_line(e)})"
@@ -160,7 +250,7 @@ def _read_checkpoint(path: Path, map_location: Any) -> dict:
     # no header: a plain torch.save file from a neurode older than checksums, or not a
     # checkpoint at all. Load it if torch can, unverified.
     try:
-        ck = torch.load(io.BytesIO(data), map_location=map_location, weights_only=False)
+        ck = _torch_load(data, map_location)
     except Exception as e:
         raise CheckpointError(
             f"checkpoint {path} is not a readable checkpoint ({_one_line(e)})"
@@ -172,20 +262,43 @@ def _read_checkpoint(path: Path, map_location: Any) -> dict:
     return ck
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
+def load_checkpoint(
+    path: str | os.PathLike, map_location: Any = "cpu", *, fallback: bool = True
+) -> dict:
     """Load a checkpoint written by :func:`atomic_save`, verifying its checksum.
 
     Raises ``FileNotFoundError`` with the path if it does not exist, and
     :class:`~neurode.errors.CheckpointError` (a ``ValueError``) with a one-line
     message if the file is empty, truncated, fails its sha256 check or cannot
-    be unpickled. A file without the checksum header (written by an older
+    be unpickled. With ``fallback`` (the default), a bad file whose previous
+    copy (:func:`previous_checkpoint_path`, kept by ``atomic_save(...,
+    keep_previous=True)``) is good loads that copy instead and says so in one
+    line on stderr. A file without the checksum header (written by an older
     neurode with plain ``torch.save``) is loaded unverified, with a one-line
     warning on stderr.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    return _read_checkpoint(path, map_location)
+    try:
+        return _read_checkpoint(path, map_location)
+    except CheckpointError as e:
+        prev = previous_checkpoint_path(path)
+        if not fallback:
+            raise
+        if not prev.is_file():
+            raise CheckpointError(
+                f"{e}, and there is no previous checkpoint {prev} to fall back to; "
+                "delete it to start afresh"
+            ) from None
+        try:
+            ck = _read_checkpoint(prev, map_location)
+        except CheckpointError as e2:
+            raise CheckpointError(
+                f"{e}, and the previous one is bad too: {e2}; delete both to start afresh"
+            ) from None
+        _warn(f"{e}; falling back to the previous checkpoint {prev}")
+        return ck
 
 
 def set_seed(seed: int) -> None:
@@ -456,6 +569,7 @@ def save_training_state(
             "args": vars(args),
         },
         path,
+        keep_previous=True,
     )
 
 
