@@ -3,16 +3,23 @@
 import hashlib
 import io
 import os
+import shutil
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
 
 from neurode.errors import CheckpointError, NeurodeError
+from neurode.train import common
 from neurode.train.common import (
     atomic_save,
     keeping_previous_checkpoints,
     load_checkpoint,
     previous_checkpoint_path,
+    remove_checkpoint_leftovers,
+    resume_training_state,
 )
 
 #: a tensor whose raw bytes are easy to find inside the file (torch.save does not compress)
@@ -233,12 +240,141 @@ def test_previous_is_a_copy_where_hard_links_are_unsupported(tmp_path, monkeypat
     assert set(os.listdir(tmp_path)) == {"checkpoint.pt", "checkpoint.prev.pt"}
 
 
-def test_an_old_unchecksummed_checkpoint_is_kept_as_the_previous(tmp_path, capsys):
+def test_only_an_earlier_state_of_the_same_run_is_kept(tmp_path):
+    """A file this process neither saved nor loaded (another run's) is replaced, not kept."""
+    p = tmp_path / "checkpoint.pt"
+    atomic_save(_state(1), tmp_path / "elsewhere" / "checkpoint.pt")
+    shutil.copy(tmp_path / "elsewhere" / "checkpoint.pt", p)
+    atomic_save(_state(2), p, keep_previous=True)
+    assert not previous_checkpoint_path(p).exists()
+    atomic_save(_state(3), p, keep_previous=True)  # epoch 2 was saved here by this run
+    assert _epochs(previous_checkpoint_path(p)) == 2
+    # a fresh start forgets the run there before; a resume (a load) adopts it
+    assert remove_checkpoint_leftovers(p, fresh=True) == [previous_checkpoint_path(p)]
+    atomic_save(_state(1), p, keep_previous=True)
+    assert not previous_checkpoint_path(p).exists()
+    assert load_checkpoint(p)["epoch"] == 1
+    atomic_save(_state(2), p, keep_previous=True)
+    assert _epochs(previous_checkpoint_path(p)) == 1
+
+
+def test_an_old_unchecksummed_checkpoint_resumed_from_is_kept(tmp_path, capsys):
     p = tmp_path / "checkpoint.pt"
     torch.save(_state(1), p)
+    assert load_checkpoint(p)["epoch"] == 1  # the resume
+    capsys.readouterr()
     atomic_save(_state(2), p, keep_previous=True)
     assert capsys.readouterr().err == ""  # checking that the old file loads is silent
     _flip_inside_weight(p)
     assert load_checkpoint(p)["epoch"] == 1
     err = capsys.readouterr().err
     assert "no checksum" in err and "falling back" in err
+
+
+# -- a kill during a save -----------------------------------------------------------
+
+#: run in a child process: resume from epoch 1, save epoch 2 over it, and die
+#: (os._exit: no cleanup handlers, no finally blocks, like SIGKILL) at one point of it
+KILLED_SAVE = textwrap.dedent(
+    """
+    import os, sys, torch
+    from neurode.train.common import atomic_save, load_checkpoint
+
+    path, stage = sys.argv[1], sys.argv[2]
+    load_checkpoint(path)  # a resumed run: the file there is its previous state
+    real_replace = os.replace
+
+    def die():
+        os._exit(137)
+
+    if stage == "writing":  # half the file written, not yet synced
+        def fsync(fd):
+            os.ftruncate(fd, os.fstat(fd).st_size // 2)
+            die()
+        os.fsync = fsync
+    else:
+        def replace(src, dst):
+            if os.path.basename(dst) == stage:
+                die()
+            real_replace(src, dst)
+        os.replace = replace
+
+    state = {"model": {"w": torch.arange(4096.0)}, "epoch": 2}
+    atomic_save(state, path, keep_previous=True)
+    sys.exit("the save was not interrupted")
+    """
+)
+
+
+def _kill_during_save(path, stage):
+    r = subprocess.run(
+        [sys.executable, "-c", KILLED_SAVE, str(path), stage], capture_output=True, text=True
+    )
+    assert r.returncode == 137, r.stderr
+
+
+def _temporaries(directory):
+    return sorted(f for f in os.listdir(directory) if f.endswith(".tmp"))
+
+
+@pytest.mark.parametrize(
+    "stage,left",
+    [
+        ("writing", [".checkpoint.pt."]),  # in the middle of writing the new file
+        # while keeping the previous copy: the new file and the link to the old one
+        ("checkpoint.prev.pt", [".checkpoint.prev.pt.", ".checkpoint.pt."]),
+        ("checkpoint.pt", [".checkpoint.pt."]),  # just before the new file replaces the old
+    ],
+)
+def test_kill_mid_save_leaves_temporaries_that_start_up_removes(tmp_path, stage, left):
+    p = tmp_path / "checkpoint.pt"
+    atomic_save(_state(1), p, keep_previous=True)
+    _kill_during_save(p, stage)
+    tmps = _temporaries(tmp_path)
+    assert [t[: len(prefix)] for t, prefix in zip(tmps, left)] == left and len(tmps) == len(left)
+    assert _epochs(p) == 1  # the checkpoint is the old one, intact, at every stage
+    (tmp_path / "notes.tmp").write_text("not ours")
+    (tmp_path / ".metrics.jsonl.tmp").write_text("not the checkpoint's")
+
+    assert sorted(remove_checkpoint_leftovers(p)) == [tmp_path / t for t in tmps]
+    assert _temporaries(tmp_path) == [".metrics.jsonl.tmp", "notes.tmp"]
+    assert _epochs(p) == 1
+    if stage == "checkpoint.pt":
+        assert _epochs(previous_checkpoint_path(p)) == 1
+    assert remove_checkpoint_leftovers(p) == []
+
+
+def test_fresh_start_also_drops_the_previous_copy_of_an_earlier_run(tmp_path):
+    p = tmp_path / "checkpoint.pt"
+    for v in (1, 2):
+        atomic_save(_state(v), p, keep_previous=True)
+    assert remove_checkpoint_leftovers(p) == []  # resuming: both kept
+    assert remove_checkpoint_leftovers(p, fresh=True) == [previous_checkpoint_path(p)]
+    assert _epochs(p) == 2  # the checkpoint itself is never removed
+
+
+def test_trainer_start_up_removes_temporaries_before_resuming(tmp_path, capsys):
+    """The CNF and latent trainers start with resume_training_state."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    sched = torch.optim.lr_scheduler.StepLR(opt, 1)
+    args = type("Args", (), {})()
+    p, metrics = tmp_path / "checkpoint.pt", tmp_path / "metrics.jsonl"
+    kw = dict(model=model, optimizer=opt, scheduler=sched, device="cpu")
+    _, _, logger = resume_training_state(p, metrics, **kw, resume=False)
+    for epoch in (1, 2):
+        logger.log({"epoch": epoch})
+        common.save_training_state(
+            p, **{k: kw[k] for k in ("model", "optimizer", "scheduler")},
+            epoch=epoch, elapsed=1.0, logger=logger, args=args,
+        )  # fmt: skip
+    assert _epochs(previous_checkpoint_path(p)) == 1  # the trainers keep the previous file
+    _kill_during_save(p, "writing")
+    assert len(_temporaries(tmp_path)) == 1
+    capsys.readouterr()
+
+    start, _, logger = resume_training_state(p, metrics, **kw, resume=True)
+    assert start == 3 and [r["epoch"] for r in logger.records] == [1, 2]
+    assert _temporaries(tmp_path) == []
+    assert "removed 1 temporary file" in capsys.readouterr().out

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import glob
 import hashlib
 import io
 import json
@@ -43,6 +44,7 @@ __all__ = [
     "load_checkpoint",
     "previous_checkpoint_path",
     "keeping_previous_checkpoints",
+    "remove_checkpoint_leftovers",
     "set_seed",
     "resolve_device",
     "capture_rng_state",
@@ -66,6 +68,14 @@ _HEADER_MAX = 128  # bytes; the real header is about 110
 _KEEP_PREVIOUS: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "neurode_keep_previous_checkpoint", default=False
 )
+
+#: resolved checkpoint path -> digest of the file this process last saved there or
+#: loaded from it: only that file is "the previous checkpoint" of the run going on
+_LINEAGE: dict[str, str] = {}
+
+
+def _key(path: Path) -> str:
+    return os.path.realpath(path)
 
 
 def previous_checkpoint_path(path: str | os.PathLike) -> Path:
@@ -98,13 +108,15 @@ def atomic_save(obj: Any, path: str | os.PathLike, *, keep_previous: bool | None
     ``os.replace``, which is atomic on POSIX and Windows. Read it back with
     :func:`load_checkpoint`.
 
-    ``keep_previous=True`` first keeps the file being replaced, if it passes its
-    checksum, as :func:`previous_checkpoint_path` (a hard link, or a copy where
-    links are unsupported, moved into place with ``os.replace``), so
-    :func:`load_checkpoint` can fall back to it. ``path`` exists throughout.
-    A damaged ``path`` is not kept: the previous good copy stays. ``None``
-    (the default) means ``False``, or ``True`` inside
-    :func:`keeping_previous_checkpoints`.
+    ``keep_previous=True`` first keeps the file being replaced as
+    :func:`previous_checkpoint_path` (a hard link, or a copy where links are
+    unsupported, moved into place with ``os.replace``), so
+    :func:`load_checkpoint` can fall back to it; ``path`` exists throughout.
+    The file is kept only if it passes its checksum and is the one this
+    process last saved to ``path`` or loaded from it, i.e. an earlier state of
+    the same run: a damaged file, or one left by another run, is replaced
+    without touching the previous copy. ``None`` (the default) means
+    ``False``, or ``True`` inside :func:`keeping_previous_checkpoints`.
     """
     path = Path(path)
     if keep_previous is None:
@@ -122,7 +134,8 @@ def atomic_save(obj: Any, path: str | os.PathLike, *, keep_previous: bool | None
             f.write(payload)
             f.flush()
             os.fsync(f.fileno())
-        if keep_previous and path.is_file() and _is_good(path):
+        ours = _LINEAGE.get(_key(path))
+        if keep_previous and ours is not None and _intact_identity(path) == ours:
             _keep_copy(path, previous_checkpoint_path(path))
         os.replace(tmp, path)
     except BaseException:
@@ -131,6 +144,7 @@ def atomic_save(obj: Any, path: str | os.PathLike, *, keep_previous: bool | None
         except FileNotFoundError:
             pass
         raise
+    _LINEAGE[_key(path)] = digest
     _fsync_dir(path.parent)
 
 
@@ -225,24 +239,34 @@ def _torch_load(data, map_location: Any) -> Any:
     return torch.load(io.BytesIO(data), map_location=map_location, weights_only=False)
 
 
-def _is_good(path: Path) -> bool:
-    """Whether ``path`` is worth keeping: it passes its checksum (or, without one, loads)."""
+def _intact_identity(path: Path) -> str | None:
+    """The digest identifying ``path`` if it is intact (passes its checksum, or loads), else None."""
     try:
         data = _read_bytes(path)
-        if _checked_payload(path, data) is None:
+        payload = _checked_payload(path, data)
+        if payload is None:
             _torch_load(data, "cpu")
     except Exception:
-        return False
-    return True
+        return None
+    return _identity(data, payload)
 
 
-def _read_checkpoint(path: Path, map_location: Any) -> dict:
-    """Load one file, verifying its checksum; any defect raises :class:`CheckpointError`."""
+def _identity(data: bytes, payload: memoryview | None) -> str:
+    if payload is not None:  # the verified digest from the header
+        return data[: data.index(b"\n")].split(b" ")[2][len(b"sha256:") :].decode()
+    return "file:" + hashlib.sha256(data).hexdigest()
+
+
+def _read_checkpoint(path: Path, map_location: Any) -> tuple[dict, str]:
+    """Load one file, verifying its checksum; any defect raises :class:`CheckpointError`.
+
+    Returns the object and the digest identifying the file.
+    """
     data = _read_bytes(path)
     payload = _checked_payload(path, data)
     if payload is not None:
         try:
-            return _torch_load(payload, map_location)
+            return _torch_load(payload, map_location), _identity(data, payload)
         except Exception as e:
             raise CheckpointError(
                 f"checkpoint {path} passes its checksum but cannot be loaded ({_one_line(e)})"
@@ -259,7 +283,7 @@ def _read_checkpoint(path: Path, map_location: Any) -> dict:
         f"checkpoint {path} has no checksum (written by an older neurode); "
         "loaded without verification"
     )
-    return ck
+    return ck, _identity(data, None)
 
 
 def load_checkpoint(
@@ -275,13 +299,14 @@ def load_checkpoint(
     keep_previous=True)``) is good loads that copy instead and says so in one
     line on stderr. A file without the checksum header (written by an older
     neurode with plain ``torch.save``) is loaded unverified, with a one-line
-    warning on stderr.
+    warning on stderr. Loading ``path`` itself marks it as the state a later
+    ``atomic_save(..., keep_previous=True)`` over it may keep.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
-        return _read_checkpoint(path, map_location)
+        ck, identity = _read_checkpoint(path, map_location)
     except CheckpointError as e:
         prev = previous_checkpoint_path(path)
         if not fallback:
@@ -292,13 +317,49 @@ def load_checkpoint(
                 "delete it to start afresh"
             ) from None
         try:
-            ck = _read_checkpoint(prev, map_location)
+            ck, _ = _read_checkpoint(prev, map_location)
         except CheckpointError as e2:
             raise CheckpointError(
                 f"{e}, and the previous one is bad too: {e2}; delete both to start afresh"
             ) from None
         _warn(f"{e}; falling back to the previous checkpoint {prev}")
         return ck
+    _LINEAGE[_key(path)] = identity  # resuming from it: saves over it may keep it
+    return ck
+
+
+def remove_checkpoint_leftovers(path: str | os.PathLike, *, fresh: bool = False) -> list[Path]:
+    """Start-up housekeeping for the checkpoint at ``path``; returns the files removed.
+
+    A save killed mid-way leaves its temporary file (``.checkpoint.pt.*.tmp``,
+    or ``.checkpoint.prev.pt.*.tmp`` while keeping the previous copy) next to
+    ``path``; nothing else would ever remove it. ``fresh=True`` (a run that
+    will not resume from ``path``) also removes the previous copy an earlier
+    run kept, and the run's first save will not keep the earlier run's file,
+    so a later fallback cannot land in that other run. ``path`` itself is
+    never touched. Call it before training, never while another
+    process may be saving to ``path``.
+    """
+    path = Path(path)
+    prev = previous_checkpoint_path(path)
+    leftovers = [
+        p
+        for name in (path.name, prev.name)
+        for p in path.parent.glob(f".{glob.escape(name)}.*.tmp")
+        if p.is_file() or p.is_symlink()
+    ]
+    if fresh:
+        _LINEAGE.pop(_key(path), None)  # the file there belongs to an earlier run
+        if prev.is_file():
+            leftovers.append(prev)
+    removed = []
+    for p in leftovers:
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            continue
+        removed.append(p)
+    return removed
 
 
 def set_seed(seed: int) -> None:
@@ -579,10 +640,17 @@ def resume_training_state(
     """Restore a :func:`save_training_state` checkpoint if ``resume`` and it exists.
 
     Returns ``(first epoch to run, seconds trained so far, metrics logger)``; a
-    fresh run starts a new metrics file.
+    fresh run starts a new metrics file. First removes what an interrupted save
+    left behind (:func:`remove_checkpoint_leftovers`).
     """
     path, metrics_path = Path(path), Path(metrics_path)
-    if resume and path.exists():
+    resuming = resume and path.exists()
+    if is_main_process():
+        removed = remove_checkpoint_leftovers(path, fresh=not resuming)
+        tmps = [p for p in removed if p.suffix == ".tmp"]
+        if tmps:
+            print(f"removed {len(tmps)} temporary file(s) left by an interrupted checkpoint save")
+    if resuming:
         ck = load_checkpoint(path, map_location=device)
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
