@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from neurode.errors import CheckpointError, NeurodeError
+from neurode.train import cli as train_cli
 from neurode.train import common
+from neurode.train.classify import VOLATILE_KEYS
 from neurode.train.common import (
     atomic_save,
     keeping_previous_checkpoints,
@@ -378,3 +380,177 @@ def test_trainer_start_up_removes_temporaries_before_resuming(tmp_path, capsys):
     assert start == 3 and [r["epoch"] for r in logger.records] == [1, 2]
     assert _temporaries(tmp_path) == []
     assert "removed 1 temporary file" in capsys.readouterr().out
+
+
+# -- the command ---------------------------------------------------------------------
+
+TINY = [
+    "--data", "digits", "--widths", "4,8,8,8", "--train-limit", "64", "--test-limit", "32",
+    "--batch-size", "32", "--steps", "1", "--no-progress", "--device", "cpu", "--threads", "1",
+    "--augment", "crop,flip", "--seed", "7", "--no-plot", "--no-track-memory",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Classifier runs of 1, 2 and 3 epochs, trained once for the tests below to copy."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    base = tmp_path_factory.mktemp("runs")
+    for epochs in (1, 2, 3):
+        out = base / str(epochs)
+        assert train_cli.main([*TINY, "--epochs", str(epochs), "--out", str(out), "--quiet"]) == 0
+    torch.set_num_threads(n)
+    return base
+
+
+def _copy_run(runs, epochs, tmp_path):
+    return shutil.copytree(runs / str(epochs), tmp_path / "run")
+
+
+def _same_weights(a, b):
+    ka, kb = load_checkpoint(a / "checkpoint.pt"), load_checkpoint(b / "checkpoint.pt")
+    assert ka["epoch"] == kb["epoch"]
+    return ka["model"].keys() == kb["model"].keys() and all(
+        torch.equal(ka["model"][k], kb["model"][k]) for k in ka["model"]
+    )
+
+
+def _flip_inside_a_model_weight(path):
+    """Flip one bit in the middle of the storage of the model's largest tensor."""
+    model = load_checkpoint(path)["model"]
+    name = max(model, key=lambda k: model[k].numel())
+    raw = model[name].numpy().tobytes()
+    data = bytearray(path.read_bytes())
+    at = bytes(data).find(raw)
+    assert at > 0 and bytes(data).count(raw) == 1, name
+    data[at + len(raw) // 2 + 1] ^= 0x10
+    path.write_bytes(bytes(data))
+    # without the checksum torch would load the changed weight without complaint
+    flipped = torch.load(io.BytesIO(bytes(data).split(b"\n", 1)[1]), weights_only=False)
+    assert not torch.equal(flipped["model"][name], model[name])
+
+
+def test_the_classifier_keeps_the_previous_checkpoint(runs):
+    assert set(os.listdir(runs / "1")) == {"checkpoint.pt", "metrics.jsonl", "config.json"}
+    assert "checkpoint.prev.pt" in os.listdir(runs / "3")
+    assert _epochs(runs / "3" / "checkpoint.pt") == 3
+    assert _epochs(runs / "3" / "checkpoint.prev.pt") == 2
+    assert _temporaries(runs / "3") == []
+
+
+def test_classifier_start_up_removes_a_killed_saves_temporary(runs, tmp_path, capsys):
+    out = _copy_run(runs, 1, tmp_path)
+    _kill_during_save(out / "checkpoint.pt", "writing")
+    assert len(_temporaries(out)) == 1
+    # --epochs 1 --resume: nothing left to train, so no save; start-up alone cleans up
+    rc = train_cli.main([*TINY, "--epochs", "1", "--out", str(out), "--resume"])
+    assert rc == 0 and _temporaries(out) == []
+    assert "removed 1 temporary file(s) left by an interrupted checkpoint save" in (
+        capsys.readouterr().out
+    )
+    assert _epochs(out / "checkpoint.pt") == 1
+
+
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        (_empty, "is empty"),
+        (_truncated, "is truncated"),
+        (_garbage, "not a readable checkpoint"),
+        (_flip_inside_a_model_weight, "fails the sha256 check"),
+    ],
+)
+def test_bad_checkpoint_without_a_previous_one_exits_2_with_one_line(
+    runs, tmp_path, capsys, damage, message
+):
+    out = _copy_run(runs, 1, tmp_path)
+    ck = out / "checkpoint.pt"
+    damage(ck)
+    before = ck.read_bytes()
+    rc = train_cli.main([*TINY, "--epochs", "2", "--out", str(out), "--resume", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.count("\n") == 1 and err.startswith("neurode train: error: "), err
+    assert message in err and "no previous checkpoint" in err and "Traceback" not in err
+    assert ck.read_bytes() == before  # a bad file is reported, not overwritten
+
+
+def _metrics(out):
+    recs = common.MetricsLogger.read(out / "metrics.jsonl")
+    return [{k: v for k, v in r.items() if k not in VOLATILE_KEYS} for r in recs]
+
+
+def test_bad_newest_falls_back_to_the_previous_and_the_run_stays_bit_exact(runs, tmp_path, capsys):
+    out = _copy_run(runs, 2, tmp_path)
+    _flip_inside_a_model_weight(out / "checkpoint.pt")
+    rc = train_cli.main([*TINY, "--epochs", "3", "--out", str(out), "--resume"])
+    cap = capsys.readouterr()
+    assert rc == 0
+    assert cap.err.count("\n") == 1, cap.err
+    assert "sha256" in cap.err and "falling back to the previous checkpoint" in cap.err
+    assert "checkpoint.prev.pt" in cap.err
+    assert "at epoch 1" in cap.out  # the previous file held epoch 1: epochs 2 and 3 rerun
+    # the same weights, bit for bit, and the same metrics as three epochs straight
+    assert _same_weights(out, runs / "3")
+    assert _metrics(out) == _metrics(runs / "3")
+    # and the damaged file was not kept as the previous one
+    assert _epochs(out / "checkpoint.prev.pt") == 2
+
+
+def test_old_checkpoint_without_checksum_resumes_with_a_warning(runs, tmp_path, capsys):
+    out = _copy_run(runs, 1, tmp_path)
+    torch.save(load_checkpoint(out / "checkpoint.pt"), out / "checkpoint.pt")  # old format
+    rc = train_cli.main([*TINY, "--epochs", "3", "--out", str(out), "--resume", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 0 and err.count("\n") == 1 and "no checksum" in err, err
+    assert _same_weights(out, runs / "3")
+    assert _metrics(out) == _metrics(runs / "3")
+    assert (out / "checkpoint.pt").read_bytes().startswith(b"neurode-checkpoint 1 ")
+
+
+def test_neurode_command_exits_2_on_a_garbage_checkpoint(runs, tmp_path):
+    """The installed entry point, in a real process: status 2 and one line, no traceback."""
+    out = _copy_run(runs, 1, tmp_path)
+    _garbage(out / "checkpoint.pt")
+    r = subprocess.run(
+        [sys.executable, "-m", "neurode", "train", *TINY, "--epochs", "2", "--out", str(out),
+         "--resume"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("neurode train: error: checkpoint ")
+    assert "Traceback" not in r.stderr + r.stdout
+
+
+def test_top_level_main_exits_2_on_a_truncated_checkpoint(runs, tmp_path, capsys):
+    from neurode.cli import main as neurode_main
+
+    out = _copy_run(runs, 1, tmp_path)
+    _truncated(out / "checkpoint.pt")
+    rc = neurode_main(["train", *TINY, "--epochs", "2", "--out", str(out), "--resume"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "is truncated" in err
+
+
+def test_cnf_subcommand_exits_2_on_an_empty_checkpoint(tmp_path, capsys):
+    out = tmp_path / "cnf"
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes(b"")
+    rc = train_cli.main([
+        "cnf", "--epochs", "1", "--n-train", "64", "--n-test", "32", "--batch-size", "64",
+        "--hidden", "4", "--steps", "1", "--out", str(out), "--no-progress", "--no-plots",
+        "--device", "cpu", "--resume",
+    ])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1, err
+    assert err.startswith("neurode train cnf: error: ") and "is empty" in err
+
+
+def test_a_fresh_run_does_not_keep_an_earlier_runs_checkpoint(runs, tmp_path):
+    out = _copy_run(runs, 3, tmp_path)
+    assert train_cli.main([*TINY, "--epochs", "1", "--out", str(out), "--quiet"]) == 0
+    assert not (out / "checkpoint.prev.pt").exists() and _epochs(out / "checkpoint.pt") == 1
+    rc = train_cli.main([*TINY, "--epochs", "2", "--out", str(out), "--quiet", "--resume"])
+    assert rc == 0 and _epochs(out / "checkpoint.prev.pt") == 1
+    assert _same_weights(out, runs / "2")

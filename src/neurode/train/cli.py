@@ -19,8 +19,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from pathlib import Path
 
-from .classify import DATASETS, GRADIENTS, TrainConfig, train
+from ..errors import CheckpointError
+from .classify import CHECKPOINT, DATASETS, GRADIENTS, TrainConfig, train
+from .common import is_main_process, keeping_previous_checkpoints, remove_checkpoint_leftovers
 
 SUBCOMMANDS = {
     "cnf": ("neurode.train.cnf", "continuous normalising flow on 2-D toy densities"),
@@ -232,7 +235,21 @@ def _dispatch(name: str, argv: list[str]) -> int:
             )
             return 2
         raise
-    return int(module.main(argv) or 0)
+    try:
+        return int(module.main(argv) or 0)
+    except CheckpointError as e:
+        print(f"neurode train {name}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _tidy_checkpoint(cfg: TrainConfig) -> None:
+    """Start-up: remove what a killed save left next to <out>/checkpoint.pt."""
+    path = Path(cfg.out) / CHECKPOINT
+    fresh = cfg.resume is None or (cfg.resume == "auto" and not path.is_file())
+    removed = remove_checkpoint_leftovers(path, fresh=fresh)
+    n = sum(p.suffix == ".tmp" for p in removed)
+    if n and not cfg.quiet:
+        print(f"removed {n} temporary file(s) left by an interrupted checkpoint save")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -245,7 +262,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = config_from_args(args).resolved()
-        result = train(cfg)
+        if is_main_process():
+            _tidy_checkpoint(cfg)
+        with keeping_previous_checkpoints():  # every epoch's save keeps the last good file
+            result = train(cfg)
     except (ValueError, FileNotFoundError) as e:
         print(f"neurode train: error: {e}", file=sys.stderr)
         return 2
