@@ -8,7 +8,8 @@ that the classifier, CNF and latent-ODE trainers use the same conventions:
 - a checkpoint file starts with a one-line header holding the sha256 and the
   length of the ``torch.save`` payload after it, and :func:`load_checkpoint`
   checks both, so a truncated or corrupted file is an error, not silently
-  wrong weights;
+  wrong weights; a save can keep the file it replaces as ``<name>.prev.pt``
+  to fall back to, and start-up removes temporaries left by a killed save;
 - the RNG state of python, numpy, torch CPU and every CUDA device is captured
   and restored, so a resumed run draws the same random numbers as an
   uninterrupted one;
@@ -62,7 +63,7 @@ __all__ = [
 #: ``neurode-checkpoint <version> sha256:<hex digest> <payload bytes>\n``
 _MAGIC = b"neurode-checkpoint "
 _FORMAT_VERSION = 1
-_HEADER_MAX = 128  # bytes; the real header is about 110
+_HEADER_MAX = 128  # bytes; a real header is about 100
 
 #: the default of ``atomic_save(..., keep_previous=None)``; see keeping_previous_checkpoints
 _KEEP_PREVIOUS: contextvars.ContextVar[bool] = contextvars.ContextVar(
@@ -89,7 +90,7 @@ def keeping_previous_checkpoints():
     """Within the block, :func:`atomic_save` keeps the file it replaces unless told otherwise.
 
     ``neurode train`` runs the classifier inside this block, so every epoch's
-    save first moves the last good ``checkpoint.pt`` to ``checkpoint.prev.pt``.
+    save first keeps the last good ``checkpoint.pt`` as ``checkpoint.prev.pt``.
     """
     token = _KEEP_PREVIOUS.set(True)
     try:
