@@ -10,13 +10,15 @@ from .errors import (
     MaxStepsExceededError,
     NeurodeError,
     NonFiniteStateError,
+    ReconstructionDriftError,
+    ReconstructionDriftWarning,
     RepeatedBackwardError,
     StepSizeUnderflowError,
     UnknownMethodError,
     UnsupportedCombinationError,
 )
 from .gradients import Adjoint, Checkpoint, Direct, GradientMethod, ReversibleGradient
-from .odeint import METHODS, Solution, odeint, solve
+from .odeint import METHODS, Solution, odeint, odeint_adjoint, solve
 from .solvers import ALF, ButcherTableau, Reversible, RungeKutta, Solver
 
 __version__ = "0.1.0"
@@ -48,6 +50,9 @@ __all__ = [
     "Reconstruction",
     "RepeatedBackwardError",
     "odeint",
+    "odeint_adjoint",
+    "ReconstructionDriftError",
+    "ReconstructionDriftWarning",
     "reconstruction_error",
     "solve",
 ]

@@ -44,6 +44,8 @@ class SolveStats:
         recomputed_steps: steps re-run without a graph in backward to rebuild
             states (checkpointing with a budget); each step's graph replay is not counted.
         backward_steps: steps taken by the adjoint's backward solve.
+        reconstruction_drift: reversible gradient only — ``‖ŷ0 − y0‖/‖y0‖`` of the
+            initial state rebuilt by inverting every step (``None`` until backward).
     """
 
     nfe_forward: int = 0
@@ -52,6 +54,7 @@ class SolveStats:
     rejected_steps: int = 0
     recomputed_steps: int = 0
     backward_steps: int = 0
+    reconstruction_drift: float | None = None
 
     @property
     def nfe(self) -> int:
@@ -65,6 +68,11 @@ class SolveStats:
             "rejected_steps": self.rejected_steps,
             "recomputed_steps": self.recomputed_steps,
             "backward_steps": self.backward_steps,
+            **(
+                {}
+                if self.reconstruction_drift is None
+                else {"reconstruction_drift": self.reconstruction_drift}
+            ),
         }
 
 
@@ -217,6 +225,19 @@ def _first_bad_step(solver, f, x, steps, keys, rng) -> tuple[float, float]:
     return t, h
 
 
+def _check_fixed_resolution(control: FixedGrid, times: list[float]) -> None:
+    """A fixed step too small for float64 time at |t| would collapse to zero-length steps."""
+    for a, b in zip(times[:-1], times[1:]):
+        h = abs(b - a) / control.count(a, b)
+        scale = max(abs(a), abs(b))
+        if h < 16 * _EPS * scale:
+            raise StepSizeUnderflowError(
+                f"the fixed step h={h:.3g} between t={a:.6g} and t={b:.6g} is below what float64 "
+                f"time resolves at |t|={scale:.3g} (about {16 * _EPS * scale:.3g}); shift t to "
+                f"start near 0 (f(t - t0, y)) or use a larger step"
+            )
+
+
 def integrate(
     solver: Solver,
     f: Field,
@@ -251,6 +272,7 @@ def integrate(
 
     if isinstance(control, FixedGrid):
         total = control.total(times)
+        _check_fixed_resolution(control, times)
         if control.max_steps is not None and total > control.max_steps:
             raise MaxStepsExceededError(
                 f"the fixed grid needs {total} steps from t={times[0]:.6g} to t={times[-1]:.6g}, "
@@ -327,7 +349,8 @@ def integrate(
             h = abs(h_step) * control.factor(r, r_prev, q)
             h = min(max(h, control.min_step), control.max_step)
             # `not h >= ...` also catches h = NaN (f non-finite at t0 makes the heuristic NaN)
-            if not h >= 16 * _EPS * max(abs(t), abs(t_end)) or h == 0.0:
+            # resolution at the current time: the far end's would stop a long solve early
+            if not h >= 16 * _EPS * abs(t) or h == 0.0:
                 if last_nonfinite:
                     raise NonFiniteStateError(
                         f"f(t, y) produces NaN/Inf at every step size tried near t={t:.6g} "

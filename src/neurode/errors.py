@@ -54,3 +54,11 @@ class RepeatedBackwardError(NeurodeError, RuntimeError):
 
 class CheckpointError(NeurodeError, ValueError):
     """A checkpoint file that is empty, truncated, fails its checksum or cannot be read."""
+
+
+class ReconstructionDriftError(NeurodeError, FloatingPointError):
+    """A reversible backward rebuilt ``y0`` too far from the ``y0`` it was given."""
+
+
+class ReconstructionDriftWarning(UserWarning):
+    """The reversible backward's rebuilt ``y0`` drifted beyond √ε of the dtype."""

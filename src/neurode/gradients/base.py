@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from .._inputs import unique_tensors
 from .._loop import Field, SolveStats, StepRNG, Trajectory, integrate
-from ..errors import RepeatedBackwardError
+from ..errors import RepeatedBackwardError, UnsupportedCombinationError
 from ..solvers.base import Solver, State, vjp
 from ..solvers.controller import Adaptive, FixedGrid
 
@@ -197,9 +197,16 @@ class _SolveFunction(torch.autograd.Function):
         return ys
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_ys: Tensor):
         runner: Runner = ctx.runner
+        if torch.is_grad_enabled():
+            # create_graph=True (a gradient penalty, a Hessian-vector product): this backward
+            # is not itself differentiable, and a graph-less gradient would be silently wrong
+            raise UnsupportedCombinationError(
+                f"a double backward (torch.autograd.grad(..., create_graph=True)) through a "
+                f"solve with gradient={runner.method.name!r} is not supported: its backward is "
+                f"not differentiable. Use gradient='direct' for higher-order gradients"
+            )
         if runner is None:
             # the first backward released what the forward kept (states, step record)
             raise RepeatedBackwardError(

@@ -9,6 +9,8 @@ through the solver (to ~1e-12 relative in float64, tested).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -41,7 +43,8 @@ class Checkpoint(FunctionMethod):
 
     def __init__(self, budget: int | None = None, preserve_rng: bool = True):
         if budget is not None:
-            if isinstance(budget, bool) or int(budget) != budget or budget < 1:
+            ok = isinstance(budget, (int, float)) and not isinstance(budget, bool)
+            if not ok or not math.isfinite(budget) or int(budget) != budget or budget < 1:
                 raise InvalidOptionError(
                     f"Checkpoint budget must be None or an integer >= 1, got {budget!r}"
                 )

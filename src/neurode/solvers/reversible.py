@@ -50,6 +50,8 @@ class Reversible(ReversibleSolver):
             raise InvalidOptionError(
                 f"Reversible base must be an explicit Runge-Kutta method, got {base!r}"
             )
+        if isinstance(coupling, bool) or not isinstance(coupling, (int, float)):
+            raise InvalidOptionError(f"Reversible coupling λ must be a number, got {coupling!r}")
         coupling = float(coupling)
         if not (0.0 < coupling <= 1.0):
             raise InvalidOptionError(f"Reversible coupling λ must lie in (0, 1], got {coupling}")
