@@ -88,3 +88,8 @@ def test_registry_grammar_is_shared():
     assert resolve_solver("reversible:rk4").name.startswith("reversible(rk4")
     with pytest.raises(neurode.UnknownMethodError, match="alf:<damping>"):
         resolve_solver("alf:x")
+
+
+def test_event_fn_is_refused_not_ignored():
+    with pytest.raises(neurode.UnsupportedCombinationError, match="event_fn"):
+        odeint(decay, Y0, T, event_fn=lambda t, y: y[0] - 0.5)

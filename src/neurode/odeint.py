@@ -120,6 +120,7 @@ def odeint(
     options: dict | None = None,
     gradient: str | GradientMethod | None = "direct",
     params: Sequence[Tensor] | None = None,
+    event_fn: Callable | None = None,
 ) -> Tensor | tuple[Tensor, ...]:
     """Solve ``dy/dt = func(t, y)``, ``y(t[0]) = y0``, and return ``y`` at every ``t``.
 
@@ -153,6 +154,11 @@ def odeint(
     Step-size decisions are never differentiated: every gradient method
     treats the accepted steps as constants.
     """
+    if event_fn is not None:
+        raise UnsupportedCombinationError(
+            "event_fn (torchdiffeq's event handling) is not supported yet; integrate to a "
+            "fixed end time and locate the event on the output"
+        )
     return solve(
         func,
         y0,
