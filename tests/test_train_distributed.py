@@ -152,7 +152,7 @@ def test_torchrun_two_processes_matches_single_process_training(tmp_path):
     assert run.stdout.count("epoch   2/2") == 1  # rank 0 alone prints
     assert "x2 processes" in run.stdout
     assert sorted(os.listdir(ddp_out)) == [
-        "checkpoint.pt", "checkpoint.prev.pt", "config.json", "curves.png", "metrics.jsonl",
+        "checkpoint.prev.pt", "checkpoint.pt", "config.json", "curves.png", "metrics.jsonl",
     ]  # fmt: skip
     single = subprocess.run(
         [sys.executable, "-m", "neurode", *args, "--epochs", "2", "--out", str(single_out)],
