@@ -20,8 +20,8 @@ from .reversible import ReversibleGradient
 GRADIENTS: dict[str, Callable[[], GradientMethod]] = {
     "direct": Direct,
     "checkpoint": Checkpoint,
-    "reversible": ReversibleGradient,
     "adjoint": Adjoint,
+    "reversible": ReversibleGradient,
 }
 # methods whose gradient equals backprop through the discretisation (to round-off)
 EXACT_GRADIENTS = ("direct", "checkpoint", "reversible")

@@ -37,10 +37,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data.distributed import DistributedSampler
 
-from ..errors import NonFiniteStateError
+from ..errors import NonFiniteStateError, UnknownMethodError
 from ..gradients import Adjoint, Checkpoint, ReversibleGradient
+from ..gradients.registry import gradient_names
 from ..nn.models import MODELS, NORMS, build_model
-from ..solvers import ALF, Reversible
+from ..solvers.registry import is_reversible, resolve_solver
 from .common import (
     MetricsLogger,
     TensorMemoryTracker,
@@ -79,7 +80,7 @@ __all__ = [
 ]
 
 DATASETS = ("digits", "cifar10", "cifar100")
-GRADIENTS = ("direct", "checkpoint", "adjoint", "reversible")
+GRADIENTS = tuple(gradient_names())
 #: metric fields that measure the machine, not the computation
 VOLATILE_KEYS = frozenset({"epoch_time", "eval_time", "peak_memory_mb"})
 #: config fields a resumed run must share with its checkpoint
@@ -223,18 +224,16 @@ class TrainResult:
 
 
 def _is_reversible_method(method: str) -> bool:
-    m = method.lower()
-    return m == "alf" or m.startswith("alf:") or m.startswith("reversible:")
+    try:
+        return is_reversible(method)
+    except UnknownMethodError:
+        return False
 
 
 def make_method(method: str):
-    """``"alf"``, ``"alf:<damping>"``, ``"reversible:<rk>"`` or any solver name."""
-    m = method.lower()
-    if m.startswith("alf:"):
-        return ALF(damping=float(m.split(":", 1)[1]))
-    if m.startswith("reversible:"):
-        return Reversible(m.split(":", 1)[1])
-    return m
+    """Any name the solver registry knows: ``"alf"``, ``"alf:<damping>"``,
+    ``"reversible:<rk>"``, ``"rk4"``, ..."""
+    return resolve_solver(method)
 
 
 def make_gradient(cfg: TrainConfig):

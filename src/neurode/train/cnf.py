@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from ..data import toy
+from ..gradients.registry import gradient_names
 from ..nn.cnf import CNF
 from .common import (
     is_main_process,
@@ -32,7 +33,7 @@ from .common import (
     set_seed,
 )
 
-GRADIENTS = ("direct", "checkpoint", "adjoint", "reversible")
+GRADIENTS = tuple(gradient_names())
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from ..data.spirals import Spirals, make_spirals
+from ..gradients.registry import gradient_names
 from ..nn.latent import LatentODE
 from .common import (
     is_main_process,
@@ -32,7 +33,7 @@ from .common import (
     set_seed,
 )
 
-GRADIENTS = ("direct", "checkpoint", "adjoint", "reversible")
+GRADIENTS = tuple(gradient_names())
 
 
 def build_parser() -> argparse.ArgumentParser:
