@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.neurode-installed
 
-.PHONY: setup demo test test-fast lint format bench reproduce clean
+.PHONY: setup demo test test-fast test-gpu lint format bench reproduce clean
 
 setup: $(STAMP)
 
@@ -18,6 +18,9 @@ demo: setup  ## the main job: train a small ODE-ResNet with each gradient method
 
 test: setup  ## the whole suite, slow end-to-end checks included
 	$(PY) -m pytest -q
+
+test-gpu: setup  ## the checks that need a CUDA device (a few minutes on one GPU)
+	$(PY) -m pytest -q -m cuda tests/test_cuda.py
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
