@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .errors import InvalidOptionError, InvalidStateError, InvalidTimesError, NeurodeError
+from .errors import InvalidOptionError, InvalidStateError, InvalidTimesError
 
 
 def check_times(t, *, allow_single: bool = False) -> list[float]:
@@ -216,10 +216,3 @@ def unique_tensors(tensors: Sequence[Tensor]) -> tuple[Tensor, ...]:
             out.append(q)
     return tuple(out)
 
-
-def check_time_grad(t, gradient_name: str) -> None:
-    """Times that require grad are differentiated or refused, never silently constant."""
-    if isinstance(t, Tensor) and t.requires_grad:
-        raise NeurodeError(  # pragma: no cover - replaced when time gradients land
-            f"t requires grad, which gradient={gradient_name!r} does not support"
-        )
