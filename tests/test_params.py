@@ -177,3 +177,21 @@ def test_discovery_costs_no_extra_evaluation():
     with torch.no_grad():
         b = neurode.solve(global_field, y0, TIMES, gradient="checkpoint", **kw).stats.nfe_forward
     assert a == b == 40
+
+
+def test_tensor_first_used_late_in_the_solve_is_found():
+    # `late` enters f only after t=0.5: the first evaluation cannot see it, a later
+    # recorded one (evaluations 1, 2, 4, 8, ... are walked) does
+    late = torch.tensor(0.7, dtype=F64, requires_grad=True)
+
+    def f(t, y):
+        return -y * (late if float(t) > 0.5 else 1.0)
+
+    y0 = torch.tensor([1.0], dtype=F64)
+    kw = dict(method="rk4", options=dict(step_size=0.1))
+    ref = torch.autograd.grad(odeint(f, y0, TIMES, **kw)[-1].sum(), late)[0]
+    for gradient in ("checkpoint", Checkpoint(budget=2), "adjoint"):
+        ys = odeint(f, y0, TIMES, gradient=gradient, **kw)
+        got = torch.autograd.grad(ys[-1].sum(), late)[0]
+        tol = 1e-12 if gradient != "adjoint" else 1e-2
+        assert torch.allclose(got, ref, rtol=tol)

@@ -92,19 +92,23 @@ class Field:
         self.stats = stats
         self.backward = False
         self.structure = structure  # None, or the (shapes, numels) of a tuple state
-        # parameter discovery (SPEC §5.1): when set, the next evaluation records its graph
-        # and `found` becomes every tensor requiring grad that it was computed from
+        # parameter discovery (SPEC §5.1): while set, evaluations 1, 2, 4, 8, ... record
+        # their graph, and `found` collects every tensor requiring grad they were computed
+        # from — the first finds what f uses everywhere, the later ones what it uses only
+        # later in the solve (O(log NFE) recordings; `params=` makes sure of the rest)
         self.discover = False
         self.found: list[Tensor] = []
         self.stop: tuple[Tensor, ...] = ()  # params= entries: the walk stops at them
+        self._evals = 0
 
     def __call__(self, t: float, y: Tensor) -> Tensor:
         if self.discover:
-            self.discover = False
-            with torch.enable_grad():
-                out = self._eval(t, y.detach())
-            self.found = graph_leaves(out, self.stop)
-            return out.detach()
+            self._evals += 1
+            if self._evals & (self._evals - 1) == 0:
+                with torch.enable_grad():
+                    out = self._eval(t, y.detach())
+                self.found.extend(graph_leaves(out, self.stop))
+                return out.detach()
         return self._eval(t, y)
 
     def _eval(self, t: float, y: Tensor) -> Tensor:

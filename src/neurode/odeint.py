@@ -143,10 +143,10 @@ def odeint(
             or a configured object (:class:`~neurode.Checkpoint`,
             :class:`~neurode.Adjoint`, ...). See ``docs/gradients.md``.
         params: more tensors that need gradients. Every tensor requiring grad
-            that ``func`` uses at ``t[0]`` is found by walking the autograd graph of
-            its first evaluation, however ``func`` reaches it (a module, closure,
-            global, ``functools.partial``, bound method, dict); list here tensors
-            used only at later times.
+            that ``func`` uses is found by walking the autograd graph of its
+            evaluations 1, 2, 4, 8, ..., however ``func`` reaches it (a module,
+            closure, global, ``functools.partial``, bound method, dict); list here
+            a tensor ``func`` uses only in a short stretch of time, to be sure.
 
     Returns:
         ``y`` at every time, shape ``(len(t), *y0.shape)``; a tuple for tuple states.
