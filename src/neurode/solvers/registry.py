@@ -21,7 +21,14 @@ from .tableau import TABLEAUS, ButcherTableau
 
 DEFAULT_METHOD = "dopri5"  # torchdiffeq's default, and what method=None means
 
-ALIASES = {"rk2": "midpoint", "explicit_euler": "euler", "rk45": "dopri5"}
+ALIASES = {
+    "rk2": "midpoint",
+    "explicit_euler": "euler",
+    "rk45": "dopri5",
+    # torchdiffeq's names: Heun 2 with the Euler step embedded is neurode's "heun"
+    "adaptive_heun": "heun",
+    "heun2": "heun",
+}
 _EXTRA: dict[str, Callable[[], Solver]] = {"alf": ALF}
 
 

@@ -108,7 +108,8 @@ EULER = _tableau("euler", c=[0], a=[[]], b=[1], order=1)
 # Explicit midpoint: ANODE's "RK2".
 MIDPOINT = _tableau("midpoint", c=[0, F(1, 2)], a=[[], [F(1, 2)]], b=[0, 1], order=2)
 
-# Heun's method with the Euler step as embedded first-order estimate: 2(1).
+# Heun's method with the Euler step as embedded first-order estimate: 2(1). It is
+# torchdiffeq's "adaptive_heun" (and, on a fixed grid, its "heun2"): aliases in registry.py.
 HEUN = _tableau(
     "heun", c=[0, 1], a=[[], [1]], b=[F(1, 2), F(1, 2)], order=2, b_hat=[1, 0], error_order=1
 )
@@ -203,6 +204,79 @@ TSIT5 = ButcherTableau(
     error_order=4,
 )
 
+# Heun's third-order method (Heun 1900; Hairer, Nørsett & Wanner I, §II.1), fixed grid.
+# torchdiffeq's "heun3".
+HEUN3 = _tableau(
+    "heun3",
+    c=[0, F(1, 3), F(2, 3)],
+    a=[[], [F(1, 3)], [0, F(2, 3)]],
+    b=[F(1, 4), 0, F(3, 4)],
+    order=3,
+)
+
+# Runge–Kutta–Fehlberg 2(1) (Fehlberg 1969, NASA TR R-315). Fehlberg's third stage is
+# f at the first-order solution; like torchdiffeq, the second-order solution is the one
+# propagated (local extrapolation), so the method is not FSAL.
+FEHLBERG2 = _tableau(
+    "fehlberg2",
+    c=[0, F(1, 2), 1],
+    a=[[], [F(1, 2)], [F(1, 256), F(255, 256)]],
+    b=[F(1, 512), F(255, 256), F(1, 512)],
+    order=2,
+    b_hat=[F(1, 256), F(255, 256), 0],
+    error_order=1,
+)
+
+# Dormand–Prince 8(7), the 13-stage RK8(7)13M pair of Prince & Dormand, "High order
+# embedded Runge–Kutta formulae", J. Comput. Appl. Math. 7 (1981) 67–75 (torchdiffeq's
+# "dopri8"; not Hairer's DOP853, which is a different 8(5,3) scheme). The eighth-order
+# weights b are propagated, the seventh-order b̂ estimate the error. The published
+# rationals are approximations of irrational coefficients: rows of A sum to c, and the
+# 200 order conditions of order ≤ 8 hold, to ~1e-17 (checked exactly with Fractions;
+# tests/test_new_methods.py re-checks them in float64). Not FSAL: b_13 = 1/4.
+_DP8_C = [0, F(1, 18), F(1, 12), F(1, 8), F(5, 16), F(3, 8), F(59, 400), F(93, 200),
+          F(5490023248, 9719169821), F(13, 20), F(1201146811, 1299019798), 1, 1]  # fmt: skip
+_DP8_A = [
+    [],
+    [F(1, 18)],
+    [F(1, 48), F(1, 16)],
+    [F(1, 32), 0, F(3, 32)],
+    [F(5, 16), 0, F(-75, 64), F(75, 64)],
+    [F(3, 80), 0, 0, F(3, 16), F(3, 20)],
+    [F(29443841, 614563906), 0, 0, F(77736538, 692538347), F(-28693883, 1125000000),
+     F(23124283, 1800000000)],
+    [F(16016141, 946692911), 0, 0, F(61564180, 158732637), F(22789713, 633445777),
+     F(545815736, 2771057229), F(-180193667, 1043307555)],
+    [F(39632708, 573591083), 0, 0, F(-433636366, 683701615), F(-421739975, 2616292301),
+     F(100302831, 723423059), F(790204164, 839813087), F(800635310, 3783071287)],
+    [F(246121993, 1340847787), 0, 0, F(-37695042795, 15268766246),
+     F(-309121744, 1061227803), F(-12992083, 490766935), F(6005943493, 2108947869),
+     F(393006217, 1396673457), F(123872331, 1001029789)],
+    [F(-1028468189, 846180014), 0, 0, F(8478235783, 508512852), F(1311729495, 1432422823),
+     F(-10304129995, 1701304382), F(-48777925059, 3047939560), F(15336726248, 1032824649),
+     F(-45442868181, 3398467696), F(3065993473, 597172653)],
+    [F(185892177, 718116043), 0, 0, F(-3185094517, 667107341), F(-477755414, 1098053517),
+     F(-703635378, 230739211), F(5731566787, 1027545527), F(5232866602, 850066563),
+     F(-4093664535, 808688257), F(3962137247, 1805957418), F(65686358, 487910083)],
+    [F(403863854, 491063109), 0, 0, F(-5068492393, 434740067), F(-411421997, 543043805),
+     F(652783627, 914296604), F(11173962825, 925320556), F(-13158990841, 6184727034),
+     F(3936647629, 1978049680), F(-160528059, 685178525), F(248638103, 1413531060), 0],
+]  # fmt: skip
+DOPRI8 = _tableau(
+    "dopri8",
+    c=_DP8_C,
+    a=_DP8_A,
+    b=[F(14005451, 335480064), 0, 0, 0, 0, F(-59238493, 1068277825),
+       F(181606767, 758867731), F(561292985, 797845732), F(-1041891430, 1371343529),
+       F(760417239, 1151165299), F(118820643, 751138087), F(-528747749, 2220607170),
+       F(1, 4)],
+    order=8,
+    b_hat=[F(13451932, 455176623), 0, 0, 0, 0, F(-808719846, 976000145),
+           F(1757004468, 5645159321), F(656045339, 265891186), F(-3867574721, 1518517206),
+           F(465885868, 322736535), F(53011238, 667516719), F(2, 45), 0],
+    error_order=7,
+)  # fmt: skip
+
 TABLEAUS: dict[str, ButcherTableau] = {
-    t.name: t for t in (EULER, MIDPOINT, HEUN, RK4, BOSH3, DOPRI5, TSIT5)
+    t.name: t for t in (EULER, MIDPOINT, HEUN, HEUN3, RK4, BOSH3, FEHLBERG2, DOPRI5, TSIT5, DOPRI8)
 }
