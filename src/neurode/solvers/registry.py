@@ -2,9 +2,10 @@
 
 ``resolve_solver`` serves ``odeint``, the adjoint's backward solver and every
 command-line subcommand alike. Names: the tableaus of ``tableau.py``, their
-aliases, ``"alf"``, and two small grammars for configured solvers —
-``"alf:<damping>"`` (ALF with that η) and ``"reversible:<rk>"`` (the reversible
-wrapper around an explicit RK tableau). Solvers defined in other modules
+aliases, ``"alf"``, the fixed-grid Adams methods of ``multistep.py``, and two
+small grammars for configured solvers — ``"alf:<damping>"`` (ALF with that η)
+and ``"reversible:<rk>"`` (the reversible wrapper around an explicit RK
+tableau). Solvers defined in other modules
 (the implicit family) register themselves with :func:`register`.
 """
 
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from ..errors import UnknownMethodError
 from .alf import ALF
 from .base import ReversibleSolver, Solver
+from .multistep import AdamsBashforth, AdamsBashforthMoulton
 from .reversible import Reversible
 from .rk import RungeKutta
 from .tableau import TABLEAUS, ButcherTableau
@@ -28,6 +30,7 @@ ALIASES = {
     # torchdiffeq's names: Heun 2 with the Euler step embedded is neurode's "heun"
     "adaptive_heun": "heun",
     "heun2": "heun",
+    "fixed_adams": "implicit_adams",  # torchdiffeq's older name
 }
 _EXTRA: dict[str, Callable[[], Solver]] = {"alf": ALF}
 
@@ -35,6 +38,10 @@ _EXTRA: dict[str, Callable[[], Solver]] = {"alf": ALF}
 def register(name: str, constructor: Callable[[], Solver]) -> None:
     """Make ``name`` resolve to ``constructor()``."""
     _EXTRA[name.lower()] = constructor
+
+
+register("explicit_adams", AdamsBashforth)
+register("implicit_adams", AdamsBashforthMoulton)
 
 
 def method_names() -> list[str]:
