@@ -24,6 +24,7 @@ from .gradients.registry import resolve_gradient
 from .solvers.base import Solver
 from .solvers.controller import resolve_control
 from .solvers.registry import method_names, resolve_solver
+from .solvers.scipy_solver import ScipySolver
 from .solvers.tableau import ButcherTableau
 
 METHODS = method_names()
@@ -76,6 +77,13 @@ def solve(
     times = check_times(t, allow_single=True)
     flat, structure = check_state(y0)
     solver = resolve_solver(method)
+    if isinstance(solver, ScipySolver):  # scipy's own loop, forward only: no gradient method
+        resolve_gradient(gradient)  # a misspelt name still raises
+        stats = SolveStats()
+        field = Field(func, flat, stats, structure)
+        inputs = (t, *explicit_params(params))  # must not require grad
+        ys = solver.configured(options).solve(field, flat, times, rtol, atol, inputs)
+        return Solution(ys=ys, ts=torch.tensor(times, dtype=torch.float64), stats=stats)
     grad = resolve_gradient(gradient)
     control = resolve_control(solver, rtol, atol, options)
     explicit = explicit_params(params)
@@ -132,7 +140,10 @@ def odeint(
         y0: initial state: a tensor of any shape, or a tuple of tensors.
         t: 1-D, strictly increasing or strictly decreasing output times.
         method: ``None`` (``"dopri5"``), ``"euler"``, ``"midpoint"`` (``"rk2"``), ``"heun"``, ``"rk4"``,
-            ``"bosh3"``, ``"dopri5"``, ``"tsit5"``, ``"alf"``, or a solver object
+            ``"bosh3"``, ``"dopri5"``, ``"tsit5"``, ``"alf"``, ``"heun3"``, ``"fehlberg2"``,
+            ``"adaptive_heun"``, ``"dopri8"``, ``"explicit_adams"``, ``"implicit_adams"``
+            (fixed grids), ``"scipy_solver"`` (forward only, ``options=dict(solver=...)``),
+            or a solver object
             (:class:`~neurode.ALF`, :class:`~neurode.Reversible`, a tableau).
         rtol, atol: tolerances of adaptive stepping.
         options: ``step_size`` or ``steps`` (fixed grid); ``first_step``,

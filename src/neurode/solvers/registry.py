@@ -2,7 +2,8 @@
 
 ``resolve_solver`` serves ``odeint``, the adjoint's backward solver and every
 command-line subcommand alike. Names: the tableaus of ``tableau.py``, their
-aliases, ``"alf"``, the fixed-grid Adams methods of ``multistep.py``, and two
+aliases, ``"alf"``, the fixed-grid Adams methods of ``multistep.py``,
+``"scipy_solver"`` (``scipy_solver.py``), and two
 small grammars for configured solvers — ``"alf:<damping>"`` (ALF with that η)
 and ``"reversible:<rk>"`` (the reversible wrapper around an explicit RK
 tableau). Solvers defined in other modules
@@ -19,6 +20,7 @@ from .base import ReversibleSolver, Solver
 from .multistep import AdamsBashforth, AdamsBashforthMoulton
 from .reversible import Reversible
 from .rk import RungeKutta
+from .scipy_solver import ScipySolver
 from .tableau import TABLEAUS, ButcherTableau
 
 DEFAULT_METHOD = "dopri5"  # torchdiffeq's default, and what method=None means
@@ -42,6 +44,7 @@ def register(name: str, constructor: Callable[[], Solver]) -> None:
 
 register("explicit_adams", AdamsBashforth)
 register("implicit_adams", AdamsBashforthMoulton)
+register("scipy_solver", ScipySolver)  # odeint hands the whole solve to scipy (forward only)
 
 
 def method_names() -> list[str]:
