@@ -28,10 +28,12 @@ The sweep runs in three phases so that it fits in ~20 minutes on 2 cores:
 
 1. **screen** — every configuration of the grid, seed 0, at initialisation
    only: the adjoint's gradient error and the reconstruction error (cheap).
-2. **probe** — 1 seed, checkpoint vs adjoint, trained, on the configurations
-   the screen ranks highest by gradient error (plus baselines).
-3. **confirm** — all four methods × 3 seeds on the configurations with the
-   largest probe gap (and the default configuration as a baseline).
+2. **probe** — 1 seed, checkpoint vs adjoint, trained: for every
+   normalisation / weight scale and every ``T``, the coarsest grids (2 Euler
+   steps, 2 RK2 steps), plus 8 steps at ``T = 10`` with batch norm.
+3. **confirm** — all four methods × 3 seeds on the configuration with the
+   largest probe gap for each normalisation (batch, group, none), the next
+   largest overall, and two ``T = 1`` baselines (the digits trainer's default).
 
     python benchmarks/anode_regime.py            # full sweep (~20 min), results/anode_regime.json
     python benchmarks/anode_regime.py --quick    # seconds: tiny grid and budget (CI / tests)
@@ -285,7 +287,9 @@ class Plan:
     groups: tuple[tuple[str, float], ...] = (
         ("batch", 1.0), ("group", 1.0), ("none", 1.0), ("none", 2.0), ("none", 4.0),
     )  # fmt: skip
-    probe_pairs: tuple[tuple[str, int], ...] = (("euler", 2), ("rk2", 4))
+    probe_pairs: tuple[tuple[str, int], ...] = (("euler", 2), ("rk2", 2))
+    # does refining the grid rescue the adjoint at the longest T?
+    probe_extra: tuple[Config, ...] = (Config(10.0, 8, "euler", "batch"), Config(10.0, 8, "rk2", "batch"))
     confirm_top: int = 4
     baselines: tuple[Config, ...] = (Config(1.0, 2, "rk2", "batch"), Config(1.0, 2, "euler", "batch"))
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -301,13 +305,13 @@ class Plan:
         return [
             Config(T, n, m, norm, s)
             for (norm, s), T, (m, n) in itertools.product(self.groups, self.Ts, self.probe_pairs)
-        ]
+        ] + [c for c in self.probe_extra]
 
 
 FULL = Plan(budget=Budget())
 QUICK = Plan(
     Ts=(1.0, 10.0), steps=(2,), methods=("euler",), groups=(("batch", 1.0), ("none", 1.0)),
-    probe_pairs=(("euler", 2),), confirm_top=1, baselines=(), seeds=(0,),
+    probe_pairs=(("euler", 2),), probe_extra=(), confirm_top=1, baselines=(), seeds=(0,),
     budget=Budget(widths=(4, 8), iters=8, batch=32, diag_batch=32, train_limit=128, test_limit=64),
 )  # fmt: skip
 
@@ -426,7 +430,8 @@ def sweep(plan: Plan, log=print) -> dict:
             probe.append(r)
         ck, ad = probe[-2]["acc"], probe[-1]["acc"]
         log(f"  {c.label:<24} checkpoint {ck:6.2f}  adjoint {ad:6.2f}  gap {ck - ad:+6.2f}  "
-            f"adjoint grad err {_fmt(probe[-1]['grad_err_init'])} recon {_fmt(probe[-1]['recon_err_init'])}")
+            f"adjoint grad err {_fmt(probe[-1]['grad_err_init'])} recon {_fmt(probe[-1]['recon_err_init'])}  "
+            f"({probe[-2]['seconds'] + probe[-1]['seconds']:.0f} s)")
     t2 = time.perf_counter() - t_all - t1
 
     # rank by gap; a failure only counts if checkpoint itself trained (>= 90%)
@@ -434,7 +439,12 @@ def sweep(plan: Plan, log=print) -> dict:
     for i in range(0, len(probe), 2):
         ck, ad = probe[i], probe[i + 1]
         gaps.append((ck["acc"] - ad["acc"] if ck["acc"] >= 90.0 else -math.inf, Config(**ck["config"])))
-    chosen = [c for gap, c in sorted(gaps, key=lambda t: -t[0])[: plan.confirm_top]]
+    ranked = [c for gap, c in sorted(gaps, key=lambda t: -t[0])]
+    # the largest gap of each normalisation first (ANODE used batch norm), then the next largest
+    chosen = list(dict.fromkeys(
+        [next(c for c in ranked if c.norm == n) for n in dict.fromkeys(c.norm for c in ranked)]
+    ))[: plan.confirm_top]  # fmt: skip
+    chosen += [c for c in ranked if c not in chosen][: max(0, plan.confirm_top - len(chosen))]
     chosen += [c for c in plan.baselines if c not in chosen]
     log(f"phase 3: confirm {len(chosen)} configurations x {len(GRADIENTS)} gradients x seeds {list(plan.seeds)}")
     confirm = []
@@ -444,7 +454,8 @@ def sweep(plan: Plan, log=print) -> dict:
                 confirm.append(train_one(c, g, s, b, data, diag))
         rs = confirm[-len(GRADIENTS) * len(plan.seeds):]
         accs = {g: statistics.fmean(r["acc"] for r in rs if r["gradient"] == g) for g in GRADIENTS}
-        log(f"  {c.label:<24} " + "  ".join(f"{g} {a:6.2f}" for g, a in accs.items()))
+        log(f"  {c.label:<24} " + "  ".join(f"{g} {a:6.2f}" for g, a in accs.items())
+            + f"  ({sum(r['seconds'] for r in rs):.0f} s)")
     t3 = time.perf_counter() - t_all - t1 - t2
 
     rows = summarise(confirm)
@@ -500,7 +511,8 @@ def plot(result: dict, png: Path) -> None:
                   yerr=[r["acc_std"] if r else 0 for r in rs], label=g, capsize=2)  # fmt: skip
     ax[1].set_xticks(range(len(labels)), labels, rotation=25, ha="right", fontsize=7)
     ax[1].set(ylabel="test accuracy (%)", title="confirmed configurations (mean ± sd over seeds)")
-    ax[1].legend(fontsize=8)
+    ax[1].legend(fontsize=8, loc="upper center", ncol=4, bbox_to_anchor=(0.5, 1.0))
+    ax[1].set_ylim(0, 112)
     for a in ax:
         a.grid(alpha=0.3)
     fig.tight_layout()
@@ -515,12 +527,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="JSON path")
     ap.add_argument("--png", type=Path, default=None, help="figure path")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--replot", action="store_true", help="redraw the figure from --out, run nothing")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     plan = QUICK if args.quick else FULL
     out = args.out or RESULTS / ("anode_regime-quick.json" if args.quick else "anode_regime.json")
     png = args.png or (out.with_suffix(".png") if args.quick else
                        Path(__file__).resolve().parents[1] / "docs" / "img" / "anode_regime.png")
+    if args.replot:
+        plot(json.loads(out.read_text()), png)
+        print(f"wrote {png}")
+        return 0
     res = sweep(plan, log=lambda m: print(m, flush=True))
     print()
     print(table(res["summary"]))
