@@ -48,6 +48,10 @@ class MaxStepsExceededError(NeurodeError, RuntimeError):
     """The solver needed more steps than ``max_steps`` allows."""
 
 
+class NewtonConvergenceError(NeurodeError, RuntimeError):
+    """Newton's method did not solve the stage equations of a fixed implicit step; names t and h."""
+
+
 class RepeatedBackwardError(NeurodeError, RuntimeError):
     """A second backward pass through a solve whose gradient method freed its record."""
 

@@ -17,4 +17,9 @@ __all__ = [
     "RungeKutta",
     "Solver",
     "TABLEAUS",
+    "ImplicitRK",
+    "ImplicitTableau",
 ]
+
+# last: the implicit family registers its names with the registry at import
+from .implicit import ImplicitRK, ImplicitTableau  # noqa: E402
