@@ -9,6 +9,7 @@ from .errors import (
     InvalidTimesError,
     MaxStepsExceededError,
     NeurodeError,
+    NewtonConvergenceError,
     NonFiniteStateError,
     ReconstructionDriftError,
     ReconstructionDriftWarning,
@@ -19,7 +20,7 @@ from .errors import (
 )
 from .gradients import Adjoint, Checkpoint, Direct, GradientMethod, ReversibleGradient
 from .odeint import METHODS, Solution, odeint, odeint_adjoint, solve
-from .solvers import ALF, ButcherTableau, Reversible, RungeKutta, Solver
+from .solvers import ALF, ButcherTableau, ImplicitRK, Reversible, RungeKutta, Solver
 
 __version__ = "0.1.0"
 
@@ -35,7 +36,9 @@ __all__ = [
     "InvalidStateError",
     "InvalidTimesError",
     "METHODS",
+    "ImplicitRK",
     "MaxStepsExceededError",
+    "NewtonConvergenceError",
     "NeurodeError",
     "NonFiniteStateError",
     "Reversible",
