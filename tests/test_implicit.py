@@ -444,3 +444,14 @@ def test_adjoint_with_implicit_backward_solver():
     )
     g = torch.autograd.grad(_loss(ys), (y0, W, b))
     assert _rel_all(g, ref) < 1e-5
+
+
+def test_docs_example_runs():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "stiff.md").read_text()
+    code = text.split("```python\n", 1)[1].split("```", 1)[0]
+    scope: dict = {}
+    exec(compile(code, "docs/stiff.md", "exec"), scope)
+    assert abs(float(scope["ys"][-1, 2]) - 0.8927) < 1e-3
+    assert scope["solver"].stats.newton_failures == 0
