@@ -199,26 +199,43 @@ class StepRecord:
     def __reversed__(self) -> Iterator[tuple[float, float]]:
         return zip(reversed(self.t), reversed(self.h))
 
+    def slice(self, start: int) -> Iterator[tuple[float, float]]:
+        """The steps from ``start`` on."""
+        return zip(self.t[start:], self.h[start:])
+
 
 @dataclass
 class Trajectory:
     """What every solve records, cheaply: the accepted grid and where outputs fell.
 
-    ``steps[i] = (t_i, h_i)`` of accepted step ``i``; ``out_steps[k]`` is the
-    number of accepted steps taken when output ``k`` was reached; ``keys[i]`` is
-    the random-state key of step ``i`` (when replays need it).
+    ``steps[i] = (t_i, h_i)`` of accepted step ``i``; ``keys[i]`` is the
+    random-state key of step ``i`` (when replays need it). Output ``k`` is either
+    a step end — ``out_steps[k]`` is then the number of accepted steps taken when
+    it was reached — or inside a step (``out_steps[k] is None``): ``dense[i]``
+    lists the ``(k, θ)`` of every output interpolated in step ``i`` at
+    ``t_i + θ h_i``, with the interpolant kind ``interp``.
     """
 
     steps: StepRecord = field(default_factory=StepRecord)
-    out_steps: list[int] = field(default_factory=list)
+    out_steps: list[int | None] = field(default_factory=list)
     keys: array = field(default_factory=lambda: array("q"))
+    dense: dict[int, list[tuple[int, float]]] = field(default_factory=dict)
+    interp: str = "auto"
+
+    def boundary_outputs(self) -> dict[int, list[int]]:
+        """Step-end index ↦ the outputs reached there (several when snapped together)."""
+        at: dict[int, list[int]] = {}
+        for k, s in enumerate(self.out_steps):
+            if s is not None:
+                at.setdefault(s, []).append(k)
+        return at
 
 
 OnStep = Callable[[int, float, float, State, State], None]
 
 
 def _first_bad_step(solver, f, x, steps, keys, rng) -> tuple[float, float]:
-    """Re-run an interval without a graph to find the step that produced non-finite values."""
+    """Re-run accepted steps without a graph to find the one that produced non-finite values."""
     t = h = math.nan
     with torch.no_grad():
         for (t, h), key in zip(steps, keys):
@@ -231,7 +248,7 @@ def _first_bad_step(solver, f, x, steps, keys, rng) -> tuple[float, float]:
 
 def _check_fixed_resolution(control: FixedGrid, times: list[float]) -> None:
     """A fixed step too small for float64 time at |t| would collapse to zero-length steps."""
-    for a, b in zip(times[:-1], times[1:]):
+    for a, b in control.segments(times):
         h = abs(b - a) / control.count(a, b)
         scale = max(abs(a), abs(b))
         if h < 16 * _EPS * scale:
@@ -240,6 +257,11 @@ def _check_fixed_resolution(control: FixedGrid, times: list[float]) -> None:
                 f"time resolves at |t|={scale:.3g} (about {16 * _EPS * scale:.3g}); shift t to "
                 f"start near 0 (f(t - t0, y)) or use a larger step"
             )
+
+
+def _same_time(a: float, b: float) -> bool:
+    """Two times equal to float64 resolution (an output there is the state there)."""
+    return abs(a - b) <= 4 * _EPS * max(abs(a), abs(b))
 
 
 def integrate(
@@ -256,123 +278,154 @@ def integrate(
 
     Returns the solution ``y`` at every time, the final solver state and the
     trajectory record. ``on_step(i, t, h, x_before, x_after)`` is called after
-    every accepted step.
+    every accepted step. Steps are chosen by the step control alone: an output
+    inside a step comes from the step's interpolant, unless ``exact_outputs``
+    asks for every output to be a step end. A fixed grid is a control that
+    accepts every step.
     """
-    traj = Trajectory()
-    outputs = [x0[0]]
-    traj.out_steps.append(0)
+    fixed = isinstance(control, FixedGrid)
+    dense_outputs = not control.exact_outputs and (control.dense if fixed else solver.interpolates)
+    interp = control.interp if fixed and control.interp == "linear" else "auto"
+    traj = Trajectory(interp=interp)
+    K = len(times) - 1
+    outputs: list[Tensor | None] = [x0[0]] + [None] * K
+    traj.out_steps.extend([0] + [None] * K)
+    direction = 1.0 if times[-1] > times[0] else -1.0
     x = x0
+    t = times[0]
     n_acc = 0
     attempts = 0
+    rejected = 0
+    k = 1  # the next output
+    checked = 0  # accepted steps whose end state is known to be finite
 
-    def run_step(t: float, h: float, x: State):
-        nonlocal attempts
-        key = attempts
-        attempts += 1
-        if rng is None:
-            return key, solver.step(f, t, h, x)
-        with rng(key):
-            return key, solver.step(f, t, h, x)
+    def ctx(key: int):
+        return rng(key) if rng is not None else contextlib.nullcontext()
 
-    if isinstance(control, FixedGrid):
-        total = control.total(times)
+    def nonfinite(where: str) -> NonFiniteStateError:
+        tb, hb = _first_bad_step(
+            solver, f, checked_x, traj.steps.slice(checked), traj.keys[checked:], rng
+        )
+        return NonFiniteStateError(
+            f"the state became NaN/Inf in the step from t={tb:.6g} to t={tb + hb:.6g} "
+            f"({where}); try a smaller step size or tolerance, check f for overflow, or "
+            f"scale the initial state"
+        )
+
+    checked_x = x
+    if fixed:
         _check_fixed_resolution(control, times)
-        if control.max_steps is not None and total > control.max_steps:
+        total = control.total(times)
+        if total > control.max_steps:
             raise MaxStepsExceededError(
                 f"the fixed grid needs {total} steps from t={times[0]:.6g} to t={times[-1]:.6g}, "
                 f"more than max_steps={control.max_steps}; use a larger step_size or raise max_steps"
             )
-        for k in range(1, len(times)):
-            x_start, first = x, n_acc
-            for t, h in control.iter_interval(times[k - 1], times[k]):
-                key, (x_new, _) = run_step(t, h, x)
-                traj.steps.append((t, h))
-                traj.keys.append(key)
-                if on_step is not None:
-                    on_step(n_acc, t, h, x, x_new)
-                n_acc += 1
-                x = x_new
-            y = x[0]
-            if not bool(torch.isfinite(y).all()):
-                steps = control.iter_interval(times[k - 1], times[k])
-                tb, hb = _first_bad_step(solver, f, x_start, steps, traj.keys[first:], rng)
-                raise NonFiniteStateError(
-                    f"the state became NaN/Inf in the step from t={tb:.6g} to t={tb + hb:.6g} "
-                    f"(while integrating towards output t={times[k]:.6g}); try a smaller step "
-                    f"size, check f for overflow, or scale the initial state"
-                )
-            outputs.append(y)
-            traj.out_steps.append(n_acc)
-        stats.accepted_steps += n_acc
-        return outputs, x, traj
+        grid = control.grid(times)
+    else:
+        f0 = solver.derivative(x)
+        if f0 is None and control.first_step is None:
+            with torch.no_grad():
+                f0 = f(t, x[0])
+        h = control.initial_step(f, t, x[0], f0, direction, solver.order)
+        if control.min_step:
+            h = max(h, control.min_step)
+        q = solver.error_order
+        r_prev = 1.0
+        last_nonfinite = False
 
-    # ---- adaptive ----
-    t = times[0]
-    direction = 1.0 if times[-1] > times[0] else -1.0
-    f0 = solver.derivative(x)
-    if f0 is None and control.first_step is None:
-        with torch.no_grad():
-            f0 = f(t, x[0])
-    h = control.initial_step(f, t, x[0], f0, direction, solver.order)
-    if control.min_step:
-        h = max(h, control.min_step)
-    q = solver.error_order
-    r_prev = 1.0
-    rejected = 0
-    last_nonfinite = False
-    for k in range(1, len(times)):
-        t_end = times[k]
-        while (t_end - t) * direction > 0:
-            remaining = abs(t_end - t)
+    while k <= K:
+        target = times[-1] if dense_outputs else times[k]
+        moves = True
+        if not fixed and _same_time(t, target):
+            t_new, moves = t, False  # outputs closer than float64 resolves: the current state
+        elif fixed:
+            t, h_step, t_new = next(grid)
+        else:
+            remaining = abs(target - t)
             h_try = min(h, control.max_step)
             clipped = h_try >= remaining * 0.99  # land exactly; never leave a sliver
-            h_step = (t_end - t) if clipped else direction * h_try
+            h_step = (target - t) if clipped else direction * h_try
+            t_new = target if clipped else t + h_step
             if attempts >= control.max_steps:
                 raise MaxStepsExceededError(
                     f"max_steps={control.max_steps} reached at t={t:.6g} (h={h_step:.3g}) "
-                    f"before reaching t={t_end:.6g}; loosen rtol/atol, raise max_steps "
+                    f"before reaching t={times[k]:.6g}; loosen rtol/atol, raise max_steps "
                     f"(options=dict(max_steps=...)), or check whether the problem is stiff"
                 )
-            key, (x_new, err) = run_step(t, h_step, x)
-            r = control.error_ratio(err, x[0], x_new[0])
-            forced = control.min_step > 0 and abs(h_step) <= control.min_step * (1 + 1e-12)
-            finite = math.isfinite(r)
-            if finite and (r <= 1.0 or forced):
-                traj.steps.append((t, h_step))
-                traj.keys.append(key)
-                if on_step is not None:
-                    on_step(n_acc, t, h_step, x, x_new)
-                n_acc += 1
-                t = t_end if clipped else t + h_step
-                x = x_new
-                r_prev = max(r, 1e-4)
-                last_nonfinite = False
-            else:
-                rejected += 1
-                last_nonfinite = not finite
-            h = abs(h_step) * control.factor(r, r_prev, q)
-            h = min(max(h, control.min_step), control.max_step)
-            # `not h >= ...` also catches h = NaN (f non-finite at t0 makes the heuristic NaN)
-            # resolution at the current time: the far end's would stop a long solve early
-            if not h >= 16 * _EPS * abs(t) or h == 0.0:
-                if last_nonfinite:
-                    raise NonFiniteStateError(
-                        f"f(t, y) produces NaN/Inf at every step size tried near t={t:.6g} "
-                        f"(last h={h_step:.3g}); the state at t is finite, so f overflows or "
-                        f"divides by zero just after it"
+        if moves:
+            key = attempts
+            attempts += 1
+            with ctx(key):
+                if dense_outputs:
+                    x_new, err, dense = solver.step_dense(f, t, h_step, x, interp)
+                else:
+                    x_new, err = solver.step(f, t, h_step, x)
+            if not fixed:
+                r = control.error_ratio(err, x[0], x_new[0])
+                forced = control.min_step > 0 and abs(h_step) <= control.min_step * (1 + 1e-12)
+                finite = math.isfinite(r)
+                accept = finite and (r <= 1.0 or forced)
+                if accept:
+                    r_prev_next = max(r, 1e-4)
+                    last_nonfinite = False
+                else:
+                    rejected += 1
+                    last_nonfinite = not finite
+                h_next = abs(h_step) * control.factor(r, r_prev, q)
+                if accept and clipped:  # the proposal survives a step shortened to land
+                    h_next = max(h_next, h_try)
+                h = min(max(h_next, control.min_step), control.max_step)
+                if accept:
+                    r_prev = r_prev_next
+                # `not h >= ...` also catches h = NaN; resolution at the current time
+                if not h >= 16 * _EPS * abs(t) or h == 0.0:
+                    if last_nonfinite:
+                        raise NonFiniteStateError(
+                            f"f(t, y) produces NaN/Inf at every step size tried near t={t:.6g} "
+                            f"(last h={h_step:.3g}); the state at t is finite, so f overflows "
+                            f"or divides by zero just after it"
+                        )
+                    raise StepSizeUnderflowError(
+                        f"step size underflow at t={t:.6g}: h={h:.3g} is below what float64 "
+                        f"time can resolve; the problem may be stiff or singular there. Loosen "
+                        f"rtol/atol, set options=dict(min_step=...) to force progress, or use a "
+                        f"fixed grid"
                     )
-                raise StepSizeUnderflowError(
-                    f"step size underflow at t={t:.6g}: h={h:.3g} is below what float64 time "
-                    f"can resolve; the problem may be stiff or singular there. Loosen rtol/atol, "
-                    f"set options=dict(min_step=...) to force progress, or use a fixed grid"
-                )
-        y = x[0]
-        if not bool(torch.isfinite(y).all()):
-            raise NonFiniteStateError(
-                f"the state became NaN/Inf before t={t_end:.6g}; check f for overflow"
-            )
-        outputs.append(y)
-        traj.out_steps.append(n_acc)
+                if not accept:
+                    continue
+            traj.steps.append((t, h_step))
+            traj.keys.append(key)
+            if on_step is not None:
+                on_step(n_acc, t, h_step, x, x_new)
+            n_acc += 1
+        else:
+            x_new, h_step = x, 0.0
+        # every output this step reached: at its end, or inside it (interpolated)
+        first_k = k
+        inside: list[tuple[int, float]] = []
+        while k <= K:
+            if _same_time(times[k], t_new):
+                outputs[k] = x_new[0]
+                traj.out_steps[k] = n_acc
+            elif (times[k] - t_new) * direction < 0:
+                inside.append((k, (times[k] - t) / h_step))
+            else:
+                break
+            k += 1
+        if inside:
+            traj.dense[n_acc - 1] = inside
+            with ctx(key):  # its own random state: replays evaluate it the same way
+                vals = dense.values([th for _, th in inside])
+            for (kk, _), v in zip(inside, vals):
+                outputs[kk] = v
+        x, t = x_new, t_new
+        if k > first_k:  # one check per step that reached outputs (fixed grids: only there)
+            bad = not bool(torch.isfinite(x[0]).all())
+            bad = bad or any(not bool(torch.isfinite(outputs[kk]).all()) for kk, _ in inside)
+            if bad:
+                raise nonfinite(f"while integrating towards output t={times[k - 1]:.6g}")
+            checked, checked_x = n_acc, x
     stats.accepted_steps += n_acc
     stats.rejected_steps += rejected
     return outputs, x, traj

@@ -87,6 +87,7 @@ class Runner:
         self.method = method
         self.p = problem
         self.rng = problem.rng
+        self.interp = "auto"  # the interpolant kind of the forward solve (Trajectory.interp)
 
     def forward(self, y0: Tensor) -> list[Tensor]:
         raise NotImplementedError
@@ -100,17 +101,34 @@ class Runner:
         return self.rng(key) if self.rng is not None else contextlib.nullcontext()
 
     def step_vjp(
-        self, t: float, h: float, x: State, a: State, key: int, acc: list[Tensor | None]
+        self,
+        t: float,
+        h: float,
+        x: State,
+        a: State,
+        key: int,
+        acc: list[Tensor | None],
+        inside: Sequence[tuple[float, Tensor]] = (),
     ) -> State:
         """Replay one step from ``x`` with its graph and pull ``a`` back through it.
 
+        ``inside`` lists the ``(θ, cotangent)`` of outputs interpolated inside the
+        step: the interpolant is rebuilt from the replayed step, as the forward built
+        it, and their cotangents are pulled back with the step's own.
         Adds the parameter gradients into ``acc``; returns the adjoint of ``x``.
         """
         p = self.p
         leaves = tuple(xi.detach().requires_grad_(True) for xi in x)
-        with torch.enable_grad(), self.rng_ctx(key):
-            x1, _ = p.solver.step(p.field, t, h, leaves)
-        return self._pull(x1, leaves, a, acc)
+        with torch.enable_grad():
+            if not inside:
+                with self.rng_ctx(key):
+                    x1, _ = p.solver.step(p.field, t, h, leaves)
+                return self._pull(x1, leaves, a, acc)
+            with self.rng_ctx(key):
+                x1, _, dense = p.solver.step_dense(p.field, t, h, leaves, self.interp)
+            with self.rng_ctx(key):
+                vals = dense.values([th for th, _ in inside])
+        return self._pull((*x1, *vals), leaves, (*a, *(g for _, g in inside)), acc)
 
     def init_vjp(self, y0: Tensor, a: State, acc: list[Tensor | None]) -> Tensor:
         """Pull the adjoint of the initial solver state back to ``y0`` (and params)."""
@@ -131,34 +149,49 @@ class Runner:
 class Sweep:
     """The reverse sweep over recorded steps, written once.
 
-    Starts from the adjoint of the final state (the last output's cotangent on
-    ``y``, zero on solver extras); after step ``i`` is reversed it adds the
-    cotangent of the output that was reached after ``i`` steps; :meth:`finish`
-    adds the first output's cotangent and pulls the adjoint through the init.
+    Starts from the adjoint of the final state (the cotangents of the outputs
+    reached there on ``y``, zero on solver extras). Replaying step ``i`` pulls
+    back, with the step's own adjoint, the cotangents of the outputs
+    interpolated inside it; after step ``i`` is reversed the outputs at its start
+    are added; :meth:`finish` adds those at ``t0`` and pulls the adjoint through
+    the init.
     """
 
     def __init__(self, runner: Runner, grads: list[Tensor], traj: Trajectory, x_final: State):
         self.runner = runner
+        runner.interp = traj.interp
         self.grads = grads
         self.traj = traj
         self.acc: list[Tensor | None] = [None] * len(runner.p.params)
-        self.out_at = {s: k for k, s in enumerate(traj.out_steps)}
-        self.a: State = (grads[-1],) + tuple(xi.new_zeros(()).expand_as(xi) for xi in x_final[1:])
+        self.out_at = traj.boundary_outputs()
+        self.a: State = (self._boundary(len(traj.steps), torch.zeros_like(x_final[0])),) + tuple(
+            xi.new_zeros(()).expand_as(xi) for xi in x_final[1:]
+        )
+
+    def _boundary(self, i: int, a_y: Tensor) -> Tensor:
+        for k in self.out_at.get(i, ()):
+            a_y = a_y + self.grads[k]
+        return a_y
+
+    def inside(self, i: int) -> list[tuple[float, Tensor]]:
+        """The ``(θ, cotangent)`` of the outputs interpolated inside step ``i``."""
+        return [(th, self.grads[k]) for k, th in self.traj.dense.get(i, ())]
 
     def replay(self, i: int, x: State) -> None:
         """Reverse step ``i`` from its starting state ``x`` (replayed with its graph)."""
         t, h = self.traj.steps[i]
-        self.a = self.runner.step_vjp(t, h, x, self.a, self.traj.keys[i], self.acc)
+        key = self.traj.keys[i]
+        self.a = self.runner.step_vjp(t, h, x, self.a, key, self.acc, self.inside(i))
         self.reached(i)
 
     def reached(self, i: int) -> None:
-        """Step ``i`` has been reversed: add the output that fell at its start, if any."""
-        k = self.out_at.get(i)
-        if k is not None and k > 0:
-            self.a = (self.a[0] + self.grads[k],) + tuple(self.a[1:])
+        """Step ``i`` has been reversed: add the outputs that fell at its start (``t0``'s
+        are added by :meth:`finish`)."""
+        if i > 0 and i in self.out_at:
+            self.a = (self._boundary(i, self.a[0]),) + tuple(self.a[1:])
 
     def finish(self, y0: Tensor) -> tuple[Tensor, list[Tensor | None]]:
-        self.a = (self.a[0] + self.grads[0],) + tuple(self.a[1:])
+        self.a = (self._boundary(0, self.a[0]),) + tuple(self.a[1:])
         return self.runner.init_vjp(y0, self.a, self.acc), self.acc
 
 

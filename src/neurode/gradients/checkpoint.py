@@ -67,12 +67,13 @@ class _EveryStep(Runner):
         def keep(i, t, h, x, x1):
             self.states.append(x)
 
-        outputs, _, self.traj = forward_no_graph(self, y0, keep)
+        outputs, self.x_final, self.traj = forward_no_graph(self, y0, keep)
         return outputs
 
     def backward(self, grads: list[Tensor], y0: Tensor):
         states = self.states
-        sweep = Sweep(self, grads, self.traj, states[-1])  # any state has the final's structure
+        sweep = Sweep(self, grads, self.traj, self.x_final)
+        self.x_final = None
         for i in range(len(states) - 1, -1, -1):
             sweep.replay(i, states[i])
             states[i] = None  # release memory as we go

@@ -84,9 +84,21 @@ class _Reverse(Runner):
         for i in range(len(self.traj.steps) - 1, -1, -1):
             t, h = self.traj.steps[i]
             key = self.traj.keys[i]
+            inside = sweep.inside(i)
+            weights = [p.solver.end_weights(h, th, self.traj.interp) for th, _ in inside]
+            if inside and any(w is None for w in weights):
+                # outputs inside the step from an interpolant of its stages: rebuild the
+                # step's start, then replay it with the interpolant
+                with torch.no_grad(), self.rng_ctx(key):
+                    x = p.solver.inverse(p.field, t, h, x)
+                sweep.replay(i, x)
+                continue
+            # outputs that are linear in the step's ends: their cotangents join the ends'
+            sweep.a = _add_ends(sweep.a, inside, [w[1] for w in weights])
             x, sweep.a, g = p.solver.backward_step(
                 p.field, t, h, x, sweep.a, p.params, lambda key=key: self.rng_ctx(key)
             )
+            sweep.a = _add_ends(sweep.a, inside, [w[0] for w in weights])
             add_into(sweep.acc, g)
             sweep.reached(i)
         self._check_drift(x[0], y0)
@@ -113,3 +125,16 @@ class _Reverse(Runner):
             if self.method.on_drift == "raise":
                 raise ReconstructionDriftError(msg)
             warnings.warn(msg, ReconstructionDriftWarning, stacklevel=2)
+
+
+def _add_ends(a, inside, coeffs):
+    """``a + Σ_k c_k g_k`` entry by entry, for outputs ``y_k = Σ c_k,i x_i`` at a step end."""
+    if not inside:
+        return a
+    out = list(a)
+    with torch.no_grad():
+        for (_, g), c in zip(inside, coeffs):
+            for j, cj in enumerate(c):
+                if cj != 0.0:
+                    out[j] = out[j] + g * cj
+    return tuple(out)

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from ..errors import InvalidOptionError
-from .base import ReversibleSolver, State, VectorField
+from .base import ReversibleSolver, State, VectorField, hermite_weights
 
 # One inverse step multiplies round-off by 1/|2η − 1|: at most 1000×, so that even float32
 # keeps a few digits per step. Over N steps it compounds; the reversible gradient measures
@@ -73,6 +73,14 @@ class ALF(ReversibleSolver):
     def derivative(self, x: State) -> Tensor:
         # exact at t0 (v0 = f(t0, y0)), which is the only place the loop asks for it
         return x[1]
+
+    def end_weights(self, h: float, theta: float, interp: str = "auto"):
+        # the Hermite through (y, v) at both ends (or the line through y, y'): linear in
+        # the end states, so the reversible backward needs no extra evaluation for it
+        if interp == "linear":
+            return (1.0 - theta, 0.0), (theta, 0.0)
+        w0, d0, w1, d1 = hermite_weights(theta)
+        return (w0, h * d0), (w1, h * d1)
 
     def step(self, f: VectorField, t: float, h: float, x: State) -> tuple[State, Tensor]:
         y, v = x

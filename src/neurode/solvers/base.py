@@ -34,6 +34,10 @@ class Solver:
     name: str = "solver"
     order: int = 1
     error_order: int | None = None
+    # whether adaptive steps may interpolate outputs: False for a method whose interpolant
+    # is far less accurate than its steps (order > 4 without a continuous extension),
+    # which then lands on every output instead
+    interpolates: bool = True
 
     @property
     def adaptive(self) -> bool:
@@ -52,8 +56,132 @@ class Solver:
         """``f(t, y)`` at the current state when the state carries it, else ``None``."""
         return None
 
+    def step_dense(
+        self, f: VectorField, t: float, h: float, x: State, interp: str = "auto"
+    ) -> tuple[State, Tensor | None, Interpolant]:
+        """:meth:`step`, plus the step's interpolant ``θ ↦ y(t + θh)`` (SPEC §5.3).
+
+        ``interp="auto"`` is the solver's own (its continuous extension where it
+        has one; the default is the cubic Hermite through both ends, evaluating
+        ``f`` there only when the state does not carry it); ``"linear"`` joins the
+        two ends. The interpolant is built from the step's own tensors, so it is
+        differentiated exactly like the step.
+        """
+        x1, err = self.step(f, t, h, x)
+        return x1, err, self.interpolant(f, t, h, x, x1, interp)
+
+    def end_weights(
+        self, h: float, theta: float, interp: str = "auto"
+    ) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+        """If the interpolant is a fixed linear combination of the two end states —
+        ``y(θ) = Σ c0ᵢ x0ᵢ + Σ c1ᵢ x1ᵢ`` — return ``(c0, c1)``; else ``None``. A reverse
+        sweep then adds an output's cotangent at the step's ends without replaying it."""
+        return None
+
+    def interpolant(
+        self, f: VectorField, t: float, h: float, x0: State, x1: State, interp: str = "auto"
+    ) -> Interpolant:
+        """The default interpolant of a step from ``x0`` to ``x1`` (see :meth:`step_dense`)."""
+        if interp == "linear":
+            return Linear(x0[0], x1[0])
+        return Hermite(f, t, h, x0[0], x1[0], self.derivative(x0), self.derivative(x1))
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
+
+
+class Interpolant(abc.ABC):
+    """``θ ↦ y(t + θh)`` on one step, ``θ ∈ [0, 1]``.
+
+    ``order`` is ``q`` in a local error ``O(h^(q+1))`` given exact data at the step's
+    ends: an output inside a step of a method of order ``p`` is accurate to
+    ``O(h^min(p, q+1))``.
+    """
+
+    order: int = 1
+
+    @abc.abstractmethod
+    def values(self, thetas: Sequence[float]) -> list[Tensor]:
+        """The interpolated solution at every ``θ``."""
+
+
+class Linear(Interpolant):
+    """``(1 − θ) y₀ + θ y₁``: second order, no evaluation (torchdiffeq's fixed-grid default)."""
+
+    order = 1
+
+    def __init__(self, y0: Tensor, y1: Tensor):
+        self.y0, self.y1 = y0, y1
+
+    def values(self, thetas: Sequence[float]) -> list[Tensor]:
+        return [torch.lerp(self.y0, self.y1, float(th)) for th in thetas]
+
+
+class Hermite(Interpolant):
+    """The cubic Hermite through ``(y₀, f₀)`` and ``(y₁, f₁)``: fourth order locally.
+
+    A missing end derivative is evaluated (once, on first use) as ``f`` there.
+    """
+
+    order = 3
+
+    def __init__(self, f: VectorField, t: float, h: float, y0, y1, f0=None, f1=None):
+        self.f, self.t, self.h = f, t, h
+        self.y0, self.y1, self.f0, self.f1 = y0, y1, f0, f1
+
+    def values(self, thetas: Sequence[float]) -> list[Tensor]:
+        if self.f0 is None:
+            self.f0 = self.f(self.t, self.y0)
+        if self.f1 is None:
+            self.f1 = self.f(self.t + self.h, self.y1)
+        out = []
+        for th in thetas:
+            w0, d0, w1, d1 = hermite_weights(float(th))
+            y = self.y0 * w0
+            y.add_(self.y1, alpha=w1).add_(self.f0, alpha=self.h * d0)
+            out.append(y.add_(self.f1, alpha=self.h * d1))
+        return out
+
+
+def hermite_weights(th: float) -> tuple[float, float, float, float]:
+    """The cubic Hermite's weights of ``y0``, ``h f0``, ``y1``, ``h f1`` at ``θ``."""
+    return (
+        (1.0 + 2.0 * th) * (1.0 - th) ** 2,
+        th * (1.0 - th) ** 2,
+        th * th * (3.0 - 2.0 * th),
+        th * th * (th - 1.0),
+    )
+
+
+class Quadratic(Interpolant):
+    """The quadratic through ``y₀`` with slope ``f₀`` and ``y₁``: third order locally, no
+    evaluation; serves methods of order ≤ 2 whose state does not carry ``f(t + h, y')``."""
+
+    order = 2
+
+    def __init__(self, h: float, y0: Tensor, f0: Tensor, y1: Tensor):
+        self.h, self.y0, self.f0, self.y1 = h, y0, f0, y1
+
+    def values(self, thetas: Sequence[float]) -> list[Tensor]:
+        out = []
+        for th in thetas:
+            th = float(th)
+            # y0 + θh f0 + θ²(y1 − y0 − h f0)
+            y = self.y0 * (1.0 - th * th)
+            y.add_(self.y1, alpha=th * th).add_(self.f0, alpha=self.h * th * (1.0 - th))
+            out.append(y)
+        return out
+
+
+class Polynomial(Interpolant):
+    """A continuous extension ``y₀ + h Σ bᵢ(θ) kᵢ`` from the step's own stages."""
+
+    def __init__(self, weights: Callable[[float], Sequence[float]], h: float, y0, ks, order: int):
+        self.weights, self.h, self.y0, self.ks = weights, h, y0, ks
+        self.order = order
+
+    def values(self, thetas: Sequence[float]) -> list[Tensor]:
+        return [combine(self.y0, self.h, self.weights(float(th)), self.ks) for th in thetas]
 
 
 class ReversibleSolver(Solver):

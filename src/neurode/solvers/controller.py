@@ -94,13 +94,22 @@ def _scalar(value, what: str = "norm") -> float:
 
 @dataclass(frozen=True)
 class FixedGrid:
-    """A fixed grid: ``step_size`` (the last step of each output interval is
-    shortened to land exactly on the output time), ``steps`` equal steps per
-    output interval, or — neither given — one step per output interval."""
+    """A fixed grid, always accepted.
+
+    - ``step_size``: one grid ``t0, t0 + h, t0 + 2h, …`` over the whole solve, its last
+      step ending on the last output (torchdiffeq's convention); outputs between
+      grid points are interpolated (``interp="linear"``, torchdiffeq's default, or
+      ``"cubic"``: the solver's own interpolant). With ``exact_outputs=True`` the
+      grid restarts at every output instead, its last step shortened to land on it.
+    - ``steps``: that many equal steps per output interval (outputs are grid points).
+    - neither: one step per output interval.
+    """
 
     step_size: float | None = None
     steps: int | None = None
     max_steps: int = DEFAULT_MAX_STEPS
+    exact_outputs: bool = False
+    interp: str = "linear"
 
     def __post_init__(self):
         if self.step_size is not None and self.steps is not None:
@@ -112,6 +121,22 @@ class FixedGrid:
         if self.max_steps is None:
             object.__setattr__(self, "max_steps", DEFAULT_MAX_STEPS)
         object.__setattr__(self, "max_steps", _count("max_steps", self.max_steps))
+        object.__setattr__(self, "exact_outputs", _flag("exact_outputs", self.exact_outputs))
+        if self.interp not in INTERPOLATIONS:
+            raise InvalidOptionError(
+                f"option interp must be one of {INTERPOLATIONS}, got {self.interp!r}"
+            )
+
+    @property
+    def dense(self) -> bool:
+        """Whether outputs may fall inside steps (one grid over the whole solve)."""
+        return self.step_size is not None and not self.exact_outputs
+
+    def segments(self, times: list[float]) -> list[tuple[float, float]]:
+        """The stretches the grid restarts on: the whole solve, or every output interval."""
+        if self.dense:
+            return [(times[0], times[-1])]
+        return list(zip(times[:-1], times[1:]))
 
     def count(self, t0: float, t1: float) -> int:
         """Number of steps from ``t0`` to ``t1``."""
@@ -122,24 +147,34 @@ class FixedGrid:
             return max(1, math.ceil(abs(t1 - t0) / self.step_size - 1e-9))
         return 1
 
-    def iter_interval(self, t0: float, t1: float) -> Iterator[tuple[float, float]]:
-        """The ``(t, h)`` of every step from ``t0`` to ``t1``, generated lazily (memory
-        stays flat in the number of steps); the last step lands exactly on ``t1``."""
+    def iter_interval(self, t0: float, t1: float) -> Iterator[tuple[float, float, float]]:
+        """The ``(t, h, t + h)`` of every step from ``t0`` to ``t1``, generated lazily
+        (memory stays flat in the number of steps); the last step ends exactly on ``t1``."""
         span = t1 - t0
         n = self.count(t0, t1)
         h = math.copysign(self.step_size, span) if self.step_size is not None else None
         start = t0
         for i in range(1, n + 1):
             end = t1 if i == n else (t0 + i * h if h is not None else t0 + span * i / n)
-            yield start, end - start
+            yield start, end - start, end
             start = end
 
-    def interval(self, t0: float, t1: float) -> list[tuple[float, float]]:
-        """The ``(t, h)`` of every step from ``t0`` to ``t1`` as a list."""
-        return list(self.iter_interval(t0, t1))
+    def grid(self, times: list[float]) -> Iterator[tuple[float, float, float]]:
+        """Every step of the solve, in order."""
+        for a, b in self.segments(times):
+            yield from self.iter_interval(a, b)
 
     def total(self, times: list[float]) -> int:
-        return sum(self.count(a, b) for a, b in zip(times[:-1], times[1:]))
+        return sum(self.count(a, b) for a, b in self.segments(times))
+
+
+INTERPOLATIONS = ("linear", "cubic")
+
+
+def _flag(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidOptionError(f"option {name} must be True or False, got {value!r}")
+    return value
 
 
 def rms_norm(x: Tensor) -> Tensor:
@@ -171,6 +206,7 @@ class Adaptive:
     dfactor: float = 0.2
     controller: str = "I"
     norm: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None
+    exact_outputs: bool = False
 
     def __post_init__(self):
         self.rtol = _positive("rtol", self.rtol, allow_zero=True)
@@ -197,6 +233,7 @@ class Adaptive:
             raise InvalidOptionError(
                 f"need dfactor < 1 < ifactor, got dfactor={self.dfactor}, ifactor={self.ifactor}"
             )
+        self.exact_outputs = _flag("exact_outputs", self.exact_outputs)
         if self.controller not in ("I", "PI"):
             raise InvalidOptionError(f"controller must be 'I' or 'PI', got {self.controller!r}")
 
@@ -266,6 +303,7 @@ class Adaptive:
 
 
 _FIXED_OPTIONS = {"step_size", "steps"}
+_FIXED_ONLY = {"interp"}  # fixed-grid options that do not by themselves ask for a fixed grid
 _ADAPTIVE_OPTIONS = {
     "first_step",
     "max_num_steps",
@@ -277,7 +315,7 @@ _ADAPTIVE_OPTIONS = {
     "controller",
     "norm",
 }
-OPTIONS = sorted(_FIXED_OPTIONS | _ADAPTIVE_OPTIONS | {"max_steps"})
+OPTIONS = sorted(_FIXED_OPTIONS | _FIXED_ONLY | _ADAPTIVE_OPTIONS | {"max_steps", "exact_outputs"})
 
 
 def resolve_control(solver, rtol, atol, options) -> FixedGrid | Adaptive:
@@ -318,12 +356,26 @@ def resolve_control(solver, rtol, atol, options) -> FixedGrid | Adaptive:
                 f"option(s) {sorted(extra)} only apply to adaptive stepping, but {why}; "
                 f"remove them, or drop step_size/steps and use an adaptive method"
             )
+        if "interp" in options and options.get("step_size") is None:
+            raise InvalidOptionError(
+                "option interp applies to a step_size grid, where outputs fall between grid "
+                "points; with steps=N (or one step per interval) every output is a grid point"
+            )
         return FixedGrid(
             step_size=options.get("step_size"),
             steps=options.get("steps"),
             max_steps=DEFAULT_MAX_STEPS if max_steps is None else max_steps,
+            exact_outputs=options.get("exact_outputs", False),
+            interp=options.get("interp", "linear"),
+        )
+    if "interp" in options:
+        raise InvalidOptionError(
+            f"option interp applies to fixed step_size grids; adaptive {solver.name!r} "
+            f"interpolates outputs with its own interpolant"
         )
     kw = {k: options[k] for k in _ADAPTIVE_OPTIONS - {"max_num_steps"} if k in options}
+    if "exact_outputs" in options:
+        kw["exact_outputs"] = options["exact_outputs"]
     if "norm" in kw:
         kw["norm"] = norm_option(kw["norm"], float(rtol), float(atol))
     if max_steps is not None:

@@ -23,8 +23,9 @@ from torch import Tensor
 
 from .._rng import cuda_devices, draw_seeds, seeded
 from ..errors import InvalidOptionError
-from .base import ReversibleSolver, State, VectorField
-from .rk import RungeKutta, rk_step
+from .base import Interpolant, ReversibleSolver, State, VectorField
+from .dense import dense_weights
+from .rk import RungeKutta, rk_interpolant, rk_stages, rk_step
 from .tableau import TABLEAUS, ButcherTableau
 
 
@@ -59,6 +60,7 @@ class Reversible(ReversibleSolver):
         self.coupling = coupling
         self.order = base.order
         self.error_order = base.error_order
+        self.interpolates = dense_weights(base.name) is not None or base.order <= 4
         default = coupling == 0.999
         self.name = (
             f"reversible({base.name})" if default else f"reversible({base.name}, {coupling:g})"
@@ -76,16 +78,33 @@ class Reversible(ReversibleSolver):
     # same numbers in the forward step, its inverse and its replay.
 
     def step(self, f: VectorField, t: float, h: float, x: State) -> tuple[State, Tensor | None]:
+        x1, err, _ = self._advance(f, t, h, x, None)
+        return x1, err
+
+    def step_dense(self, f, t, h, x, interp="auto"):
+        """The step and its interpolant, from the base step's: with ``ψ(θ)`` the base
+        method's interpolant of ``Ψ_θh(t, z)``, ``y(θ) = ψ(θ) + (1 + θ(λ − 1))(y − z)``,
+        which is ``y`` at θ = 0 and ``y'`` at θ = 1 (``y − z`` is the small parasitic
+        component, so the accuracy is the base interpolant's)."""
+        return self._advance(f, t, h, x, interp)
+
+    def _advance(self, f, t, h, x, interp):
         y, z = x
         devices = cuda_devices(y.device)
         seed_fwd, seed_bwd = draw_seeds(2)
         with seeded(seed_fwd, devices):
-            fwd, _ = self._psi(f, t, h, z)
+            if interp is None:
+                fwd, _ = self._psi(f, t, h, z)
+            else:
+                fwd, _, ks = rk_stages(self.base, f, t, h, z)
+                base = rk_interpolant(self.base, f, t, h, z, fwd, ks, interp)
         y1 = (y - z).mul(self.coupling).add(fwd) if self.coupling != 1.0 else (y - z).add(fwd)
         with seeded(seed_bwd, devices):
             bwd, err = self._psi(f, t + h, -h, y1)
         z1 = (z + y1).sub(bwd)
-        return (y1, z1), err
+        if interp is None:
+            return (y1, z1), err, None
+        return (y1, z1), err, _Coupled(base, y - z, self.coupling)
 
     def inverse(self, f: VectorField, t: float, h: float, x1: State) -> State:
         y1, z1 = x1
@@ -98,3 +117,17 @@ class Reversible(ReversibleSolver):
             fwd, _ = self._psi(f, t, h, z)
         y = (y1 - fwd).div(self.coupling).add(z)
         return (y, z)
+
+
+class _Coupled(Interpolant):
+    """``ψ(θ) + (1 + θ(λ − 1))(y − z)`` (see :meth:`Reversible.step_dense`)."""
+
+    def __init__(self, base: Interpolant, gap: Tensor, coupling: float):
+        self.base, self.gap, self.coupling = base, gap, coupling
+        self.order = base.order
+
+    def values(self, thetas):
+        vals = self.base.values(thetas)
+        return [
+            v.add(self.gap, alpha=1.0 + th * (self.coupling - 1.0)) for v, th in zip(vals, thetas)
+        ]

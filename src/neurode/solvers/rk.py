@@ -5,7 +5,18 @@ from __future__ import annotations
 from torch import Tensor
 
 from ..errors import UnknownMethodError
-from .base import Solver, State, VectorField, combine
+from .base import (
+    Hermite,
+    Interpolant,
+    Linear,
+    Polynomial,
+    Quadratic,
+    Solver,
+    State,
+    VectorField,
+    combine,
+)
+from .dense import ORDER, dense_weights
 from .tableau import TABLEAUS, ButcherTableau
 
 
@@ -27,6 +38,14 @@ def rk_step(
     tableaus (``None`` otherwise), ``err`` the embedded error estimate or ``None``.
     ``k0``, if given, is ``f(t, y)`` (reused FSAL stage).
     """
+    y1, err, ks = rk_stages(tab, f, t, h, y, k0)
+    return y1, err, (ks[-1] if tab.fsal else None)
+
+
+def rk_stages(
+    tab: ButcherTableau, f: VectorField, t: float, h: float, y: Tensor, k0: Tensor | None = None
+) -> tuple[Tensor, Tensor | None, list[Tensor]]:
+    """:func:`rk_step` returning every stage ``k_i`` instead of the FSAL one."""
     ks = [f(t, y) if k0 is None else k0]
     s = tab.stages
     y1 = None
@@ -38,7 +57,27 @@ def rk_step(
     if y1 is None:
         y1 = combine(y, h, tab.b, ks)
     err = combine(None, h, tab.b_err, ks) if tab.b_err is not None else None
-    return y1, err, (ks[-1] if tab.fsal else None)
+    return y1, err, ks
+
+
+def rk_interpolant(
+    tab: ButcherTableau, f: VectorField, t: float, h: float, y0, y1, ks, interp: str = "auto"
+) -> Interpolant:
+    """The interpolant of one step of ``tab`` from its stages ``ks``.
+
+    The tableau's continuous extension where it has one (dopri5, tsit5); else the
+    cubic Hermite from the first stage and ``f(t + h, y')`` (free for FSAL tableaus,
+    one evaluation otherwise); methods of order ≤ 2 without FSAL use the quadratic
+    through y, f(t, y) and y', which costs nothing and keeps their order.
+    """
+    weights = dense_weights(tab.name)
+    if interp == "linear":
+        return Linear(y0, y1)
+    if weights is not None:
+        return Polynomial(weights, h, y0, ks, ORDER[tab.name])
+    if not tab.fsal and tab.order <= 2:
+        return Quadratic(h, y0, ks[0], y1)
+    return Hermite(f, t, h, y0, y1, ks[0], ks[-1] if tab.fsal else None)
 
 
 class RungeKutta(Solver):
@@ -56,6 +95,7 @@ class RungeKutta(Solver):
         self.name = tableau.name
         self.order = tableau.order
         self.error_order = tableau.error_order
+        self.interpolates = dense_weights(tableau.name) is not None or tableau.order <= 4
 
     def init(self, f: VectorField, t0: float, y0: Tensor) -> State:
         if self.tableau.fsal:
@@ -69,6 +109,12 @@ class RungeKutta(Solver):
 
     def derivative(self, x: State) -> Tensor | None:
         return x[1] if self.tableau.fsal else None
+
+    def step_dense(self, f, t, h, x, interp="auto"):
+        tab = self.tableau
+        y1, err, ks = rk_stages(tab, f, t, h, x[0], x[1] if tab.fsal else None)
+        x1 = (y1, ks[-1]) if tab.fsal else (y1,)
+        return x1, err, rk_interpolant(tab, f, t, h, x[0], y1, ks, interp)
 
     def __eq__(self, other) -> bool:
         return isinstance(other, RungeKutta) and other.tableau == self.tableau
