@@ -146,10 +146,13 @@ def odeint(
             or a solver object
             (:class:`~neurode.ALF`, :class:`~neurode.Reversible`, a tableau).
         rtol, atol: tolerances of adaptive stepping.
-        options: ``step_size`` or ``steps`` (fixed grid); ``first_step``,
-            ``max_steps`` (alias ``max_num_steps``), ``min_step``, ``max_step``,
-            ``safety``, ``ifactor``, ``dfactor``, ``controller`` (``"I"``/``"PI"``),
-            ``norm``. Unknown names raise.
+        options: ``step_size`` (one grid from ``t[0]``; outputs between grid
+            points by ``interp="linear"`` or ``"cubic"``) or ``steps`` (that many
+            per output interval) for a fixed grid; ``first_step``, ``max_steps``
+            (alias ``max_num_steps``), ``min_step``, ``max_step``, ``safety``,
+            ``ifactor``, ``dfactor``, ``controller`` (``"I"``/``"PI"``), ``norm``;
+            ``exact_outputs=True``: every output a step end instead of
+            interpolated. Unknown names raise.
         gradient: ``"direct"``, ``"checkpoint"``, ``"adjoint"``, ``"reversible"``
             or a configured object (:class:`~neurode.Checkpoint`,
             :class:`~neurode.Adjoint`, ...). See ``docs/gradients.md``.
