@@ -3,6 +3,7 @@
 from ._loop import SolveStats
 from .diagnostics import Reconstruction, reconstruction_error
 from .errors import (
+    EventError,
     FunctionOutputError,
     InvalidOptionError,
     InvalidStateError,
@@ -18,6 +19,7 @@ from .errors import (
     UnknownMethodError,
     UnsupportedCombinationError,
 )
+from .events import odeint_event
 from .gradients import Adjoint, Checkpoint, Direct, GradientMethod, ReversibleGradient
 from .odeint import METHODS, Solution, odeint, odeint_adjoint, solve
 from .solvers import ALF, ButcherTableau, ImplicitRK, Reversible, RungeKutta, Solver
@@ -54,6 +56,8 @@ __all__ = [
     "RepeatedBackwardError",
     "odeint",
     "odeint_adjoint",
+    "odeint_event",
+    "EventError",
     "ReconstructionDriftError",
     "ReconstructionDriftWarning",
     "reconstruction_error",

@@ -66,3 +66,7 @@ class ReconstructionDriftError(NeurodeError, FloatingPointError):
 
 class ReconstructionDriftWarning(UserWarning):
     """The reversible backward's rebuilt ``y0`` drifted beyond √ε of the dtype."""
+
+
+class EventError(NeurodeError, RuntimeError):
+    """``odeint_event`` found no sign change of ``event_fn``, or one it cannot differentiate."""

@@ -168,11 +168,13 @@ def odeint(
     Step-size decisions are never differentiated: every gradient method
     treats the accepted steps as constants.
     """
-    if event_fn is not None:
-        raise UnsupportedCombinationError(
-            "event_fn (torchdiffeq's event handling) is not supported yet; integrate to a "
-            "fixed end time and locate the event on the output"
-        )
+    if event_fn is not None:  # torchdiffeq: integrate from t[0] until the event
+        from .events import odeint_event
+
+        return odeint_event(
+            func, y0, t, event_fn=event_fn, method=method, rtol=rtol, atol=atol,
+            options=options, gradient=gradient, params=params,
+        )  # fmt: skip
     return solve(
         func,
         y0,
