@@ -87,10 +87,13 @@ def solve(
     grad = resolve_gradient(gradient)
     control = resolve_control(solver, rtol, atol, options)
     explicit = explicit_params(params)
-    if isinstance(t, Tensor) and t.requires_grad and torch.is_grad_enabled():
+    t_grad = isinstance(t, Tensor) and t.requires_grad and torch.is_grad_enabled()
+    if t_grad and not isinstance(grad, Adjoint):
         raise UnsupportedCombinationError(
-            "t requires grad, but neurode does not differentiate with respect to the output "
-            "times yet; pass t.detach() (the gradient would otherwise be silently zero)"
+            f"t requires grad, but gradient={grad.name!r} does not differentiate with respect "
+            f"to the times yet; gradient='adjoint' (odeint_adjoint) gives the continuous "
+            f"derivative dL/dt_k = <dL/dy_k, f(t_k, y_k)>, or pass t.detach() (the gradient "
+            f"would otherwise be silently zero)"
         )
     stats = SolveStats()
     field = Field(func, flat, stats, structure)
@@ -100,6 +103,7 @@ def solve(
         solver, field, flat, times, control, unique_tensors(explicit), stats,
         find_modules(func), dict(options or {}), rng,
     )  # fmt: skip
+    problem.t_input = t if t_grad else None
     grad.check(problem)  # everything a configuration can get wrong raises before f runs
     if len(times) == 1:  # torchdiffeq: the solution at t0 alone is y0
         ys = flat[None]

@@ -150,9 +150,20 @@ class _AdjointRunner(Runner):
                     solver, aug, x0, [p.times[k], p.times[k - 1]], control, stats
                 )
                 s1 = outs[-1]
-                a = s1[n : 2 * n] + grads[k - 1].reshape(-1)
+                a = s1[n : 2 * n] + (grads[k - 1].reshape(-1) if k > 1 else 0.0)
                 a_theta = s1[2 * n :]
+        a_flow = a  # the adjoint at t_0 before output 0's own cotangent
+        a = a_flow + grads[0].reshape(-1)
         p.stats.backward_steps += stats.accepted_steps
+        if p.t_input is not None:
+            # SPEC §5.2, the continuous derivative (as torchdiffeq's adjoint):
+            # dL/dt_k = <g_k, f(t_k, y_k)> for k >= 1, dL/dt_0 = -<a(t_0), f(t_0, y_0)>
+            # with a(t_0) the adjoint the flow carries back to y_0 (g_0 aside: y(t_0) = y_0)
+            with torch.no_grad():
+                fs = [p.field(tk, self.outputs[k]) for k, tk in enumerate(p.times)]
+                tg = [float((grads[k] * fs[k]).sum()) for k in range(1, K + 1)]
+                a_flow = a_flow.view(shape)
+                self.t_grads = [-float((a_flow * fs[0]).sum()), *tg]
         self.outputs = None
         g_params = list(a_theta.split(numels)) if numels else []
         g_params = [g.view_as(q) for g, q in zip(g_params, params)]

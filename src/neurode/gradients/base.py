@@ -51,6 +51,7 @@ class Problem:
     modules: tuple[nn.Module, ...] = ()
     options: dict = field(default_factory=dict)
     rng: StepRNG | None = None  # per-step random state, when the method replays steps
+    t_input: Tensor | None = None  # the caller's t, when it requires grad (adjoint only)
 
 
 class GradientMethod(abc.ABC):
@@ -93,8 +94,12 @@ class Runner:
         raise NotImplementedError
 
     def backward(self, grads: list[Tensor], y0: Tensor) -> tuple[Tensor, list[Tensor | None]]:
-        """Given the gradient on every output, return the gradients of ``y0`` and ``params``."""
+        """Given the gradient on every output, return the gradients of ``y0`` and ``params``.
+
+        A method that differentiates the times sets ``self.t_grads`` (one per time)."""
         raise NotImplementedError
+
+    t_grads: list[float] | None = None
 
     # --- shared pieces -------------------------------------------------------------
     def rng_ctx(self, key: int):
@@ -224,9 +229,10 @@ class _SolveFunction(torch.autograd.Function):
     # The forward solve has already run (it finds the parameters, SPEC §5.1):
     # ``forward`` hands its outputs to autograd; ``backward`` runs the runner's.
     @staticmethod
-    def forward(ctx, runner: Runner, ys: Tensor, y0: Tensor, *params: Tensor):
+    def forward(ctx, runner: Runner, ys: Tensor, y0: Tensor, t: Tensor | None, *params: Tensor):
         ctx.runner = runner
         ctx.y0 = y0.detach()
+        ctx.t = None if t is None else (t.dtype, t.device)
         return ys
 
     @staticmethod
@@ -258,7 +264,14 @@ class _SolveFunction(torch.autograd.Function):
         g_params = [
             None if g is None else g.to(dtype=p.dtype) for g, p in zip(g_params, runner.p.params)
         ]
-        return (None, None, g_y0, *g_params)
+        g_t = None
+        if ctx.t is not None:
+            if runner.t_grads is None:  # odeint refuses t.requires_grad for such methods
+                raise UnsupportedCombinationError(
+                    f"gradient={runner.method.name!r} does not differentiate the times"
+                )
+            g_t = torch.tensor(runner.t_grads, dtype=ctx.t[0], device=ctx.t[1])
+        return (None, None, g_y0, g_t, *g_params)
 
 
 class FunctionMethod(GradientMethod):
@@ -280,9 +293,12 @@ class FunctionMethod(GradientMethod):
             ys = torch.stack(runner.forward(y0.detach()))
         field.discover = False
         problem.params = unique_tensors([*problem.params, *field.found])
-        if not torch.is_grad_enabled() or not (y0.requires_grad or problem.params):
+        t_in = problem.t_input
+        if not torch.is_grad_enabled() or not (
+            y0.requires_grad or problem.params or t_in is not None
+        ):
             return ys
-        return _SolveFunction.apply(runner, ys, y0, *problem.params)
+        return _SolveFunction.apply(runner, ys, y0, t_in, *problem.params)
 
 
 def forward_no_graph(runner: Runner, y0: Tensor, on_step=None):  # noqa: D103
