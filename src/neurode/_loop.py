@@ -111,6 +111,13 @@ class Field:
                 return out.detach()
         return self._eval(t, y)
 
+    def user_state(self, y: Tensor):
+        """``y`` in the caller's structure (a tuple for tuple states)."""
+        if self.structure is None:
+            return y
+        shapes, numels = self.structure
+        return tuple(p.view(s) for p, s in zip(y.split(numels), shapes))
+
     def _eval(self, t: float, y: Tensor) -> Tensor:
         if self.backward:
             self.stats.nfe_backward += 1
@@ -234,6 +241,30 @@ class Trajectory:
 OnStep = Callable[[int, float, float, State, State], None]
 
 
+@dataclass
+class Callbacks:
+    """torchdiffeq's step callbacks, looked up on the user's ``func``."""
+
+    step: Callable | None = None
+    accept: Callable | None = None
+    reject: Callable | None = None
+
+    @classmethod
+    def of(cls, f, suffix: str) -> Callbacks:
+        func = getattr(f, "func", None) if isinstance(f, Field) else f
+        return cls(
+            *(getattr(func, f"callback_{name}{suffix}", None)
+              for name in ("step", "accept_step", "reject_step"))
+        )  # fmt: skip
+
+    @staticmethod
+    def call(cb: Callable, f, t: float, y: Tensor, h: float) -> None:
+        with torch.no_grad():
+            tt = torch.scalar_tensor(t, dtype=y.dtype, device=y.device)
+            dt = torch.scalar_tensor(h, dtype=y.dtype, device=y.device)
+            cb(tt, f.user_state(y) if isinstance(f, Field) else y, dt)
+
+
 def _first_bad_step(solver, f, x, steps, keys, rng) -> tuple[float, float]:
     """Re-run accepted steps without a graph to find the one that produced non-finite values."""
     t = h = math.nan
@@ -273,8 +304,14 @@ def integrate(
     stats: SolveStats,
     on_step: OnStep | None = None,
     rng: StepRNG | None = None,
+    callbacks: Callbacks | None = None,
 ) -> tuple[list[Tensor], State, Trajectory]:
     """Integrate from ``times[0]`` through every ``times[k]``.
+
+    ``callbacks`` (default: the ``callback_step`` / ``callback_accept_step`` /
+    ``callback_reject_step`` methods of the user's ``func``, torchdiffeq's names)
+    are called with ``(t, y, dt)`` before every step attempt and after its
+    acceptance or rejection; replays in backward never call them.
 
     Returns the solution ``y`` at every time, the final solver state and the
     trajectory record. ``on_step(i, t, h, x_before, x_after)`` is called after
@@ -283,6 +320,8 @@ def integrate(
     asks for every output to be a step end. A fixed grid is a control that
     accepts every step.
     """
+    if callbacks is None:
+        callbacks = Callbacks.of(f, "")
     fixed = isinstance(control, FixedGrid)
     dense_outputs = not control.exact_outputs and (control.dense if fixed else solver.interpolates)
     interp = control.interp if fixed and control.interp == "linear" else "auto"
@@ -356,6 +395,8 @@ def integrate(
         if moves:
             key = attempts
             attempts += 1
+            if callbacks.step is not None:
+                callbacks.call(callbacks.step, f, t, x[0], h_step)
             with ctx(key):
                 if dense_outputs:
                     x_new, err, dense = solver.step_dense(f, t, h_step, x, interp)
@@ -371,6 +412,8 @@ def integrate(
                     last_nonfinite = False
                 else:
                     rejected += 1
+                    if callbacks.reject is not None:
+                        callbacks.call(callbacks.reject, f, t, x[0], h_step)
                     last_nonfinite = not finite
                 h_next = abs(h_step) * control.factor(r, r_prev, q)
                 if accept and clipped:  # the proposal survives a step shortened to land
@@ -394,6 +437,8 @@ def integrate(
                     )
                 if not accept:
                     continue
+            if callbacks.accept is not None:
+                callbacks.call(callbacks.accept, f, t, x[0], h_step)
             traj.steps.append((t, h_step))
             traj.keys.append(key)
             if on_step is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._loop import SolveStats, integrate
+from .._loop import Callbacks, SolveStats, integrate
 from ..errors import InvalidOptionError, UnsupportedCombinationError
 from ..solvers.controller import Adaptive, resolve_control, rms_norm
 from ..solvers.registry import resolve_solver
@@ -138,6 +138,7 @@ class _AdjointRunner(Runner):
             return torch.cat(parts)
 
         solver, control = self.method.backward_config(p, n)
+        callbacks = Callbacks.of(p.field.func, "_adjoint")  # torchdiffeq's names
         a = grads[-1].reshape(-1)
         a_theta = y0.new_zeros(sum(numels))
         stats = SolveStats()
@@ -147,8 +148,9 @@ class _AdjointRunner(Runner):
                 s0 = torch.cat([self.outputs[k].reshape(-1), a, a_theta])
                 x0 = solver.init(aug, p.times[k], s0)
                 outs, _, _ = integrate(
-                    solver, aug, x0, [p.times[k], p.times[k - 1]], control, stats
-                )
+                    solver, aug, x0, [p.times[k], p.times[k - 1]], control, stats,
+                    callbacks=callbacks,
+                )  # fmt: skip
                 s1 = outs[-1]
                 a = s1[n : 2 * n] + (grads[k - 1].reshape(-1) if k > 1 else 0.0)
                 a_theta = s1[2 * n :]
