@@ -314,3 +314,31 @@ def test_dense_replay_with_dropout_is_faithful():
         )  # fmt: skip
     assert torch.equal(out["every"][0], out["budget"][0])
     assert rel(out["budget"][1], out["every"][1]) <= 1e-10
+
+
+def test_grid_constructor_gives_the_grid():
+    # torchdiffeq's option: grid_constructor(func, y0, t) returns the grid; outputs
+    # between its points are interpolated
+    def constructor(func, y0, t):
+        assert func is linear and torch.equal(y0, Y0)
+        return torch.tensor([0.0, 0.1, 0.35, 0.6, 1.0], dtype=DT)
+
+    ts = [0.0, 0.5, 1.0]
+    sol = neurode.solve(linear, Y0, ts, method="rk4", options=dict(grid_constructor=constructor))
+    assert sol.stats.accepted_steps == 4
+    grid = neurode.odeint(linear, Y0, [0.0, 0.1, 0.35, 0.6, 1.0], method="rk4")
+    assert torch.allclose(sol.ys[1], torch.lerp(grid[2], grid[3], 0.6), rtol=1e-14)
+    assert torch.equal(sol.ys[-1], grid[-1])
+    for bad in ([0.0, 0.5], [0.0, 0.7, 0.6, 1.0], [0.1, 1.0]):
+        with pytest.raises(InvalidOptionError, match="grid_constructor"):
+            neurode.odeint(
+                linear,
+                Y0,
+                ts,
+                method="rk4",
+                options=dict(grid_constructor=lambda f, y, t, b=bad: b),
+            )
+    with pytest.raises(InvalidOptionError, match="not both"):
+        neurode.odeint(
+            linear, Y0, ts, method="rk4", options=dict(grid_constructor=constructor, step_size=0.1)
+        )

@@ -86,6 +86,9 @@ def solve(
         return Solution(ys=ys, ts=torch.tensor(times, dtype=torch.float64), stats=stats)
     grad = resolve_gradient(gradient)
     control = resolve_control(solver, rtol, atol, options)
+    if getattr(control, "grid_constructor", None) is not None:  # torchdiffeq's option
+        t_arg = t if isinstance(t, Tensor) else torch.tensor(times, dtype=flat.dtype)
+        control = control.with_grid(control.grid_constructor(func, y0, t_arg), times)
     explicit = explicit_params(params)
     t_grad = isinstance(t, Tensor) and t.requires_grad and torch.is_grad_enabled()
     if t_grad and not isinstance(grad, Adjoint):

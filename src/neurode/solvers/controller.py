@@ -8,6 +8,7 @@ discretisation that was actually run, and it matches torchdiffeq and diffrax.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 from collections.abc import Callable, Iterator
@@ -102,6 +103,9 @@ class FixedGrid:
       ``"cubic"``: the solver's own interpolant). With ``exact_outputs=True`` the
       grid restarts at every output instead, its last step shortened to land on it.
     - ``steps``: that many equal steps per output interval (outputs are grid points).
+    - ``grid_constructor(func, y0, t)`` (torchdiffeq's): the grid it returns, from
+      ``t[0]`` to ``t[-1]``, outputs between its points interpolated; ``odeint``
+      calls it and hands the points over as ``grid_points``.
     - neither: one step per output interval.
     """
 
@@ -110,6 +114,8 @@ class FixedGrid:
     max_steps: int = DEFAULT_MAX_STEPS
     exact_outputs: bool = False
     interp: str = "linear"
+    grid_constructor: Callable | None = None
+    grid_points: tuple[float, ...] | None = None
 
     def __post_init__(self):
         if self.step_size is not None and self.steps is not None:
@@ -126,10 +132,53 @@ class FixedGrid:
             raise InvalidOptionError(
                 f"option interp must be one of {INTERPOLATIONS}, got {self.interp!r}"
             )
+        if self.grid_constructor is not None:
+            if self.step_size is not None or self.steps is not None:
+                raise InvalidOptionError("give grid_constructor or step_size/steps, not both")
+            if not callable(self.grid_constructor):
+                raise InvalidOptionError(
+                    "option grid_constructor must be callable as grid_constructor(func, y0, t)"
+                )
+            if self.exact_outputs:
+                raise InvalidOptionError(
+                    "grid_constructor gives the grid itself; put the output times in it "
+                    "instead of exact_outputs=True"
+                )
+
+    def with_grid(self, points, times: list[float]) -> FixedGrid:
+        """This grid with the points a ``grid_constructor`` returned, validated."""
+        try:
+            pts = [
+                float(v)
+                for v in (
+                    points.detach().cpu().reshape(-1).tolist()
+                    if hasattr(points, "detach")
+                    else points
+                )
+            ]
+        except (TypeError, ValueError):
+            raise InvalidOptionError(
+                f"grid_constructor must return a 1-D tensor of times, got {type(points).__name__}"
+            ) from None
+        if len(pts) < 2 or pts[0] != times[0] or pts[-1] != times[-1]:
+            raise InvalidOptionError(
+                f"grid_constructor's grid must start at t[0]={times[0]} and end at "
+                f"t[-1]={times[-1]} (got {pts[:1]} … {pts[-1:]})"
+            )
+        sign = 1.0 if times[-1] > times[0] else -1.0
+        if not all(math.isfinite(v) for v in pts) or any(
+            (b - a) * sign <= 0 for a, b in zip(pts[:-1], pts[1:])
+        ):
+            raise InvalidOptionError(
+                "grid_constructor's grid must be finite and strictly monotone in t's direction"
+            )
+        return dataclasses.replace(self, grid_constructor=None, grid_points=tuple(pts))
 
     @property
     def dense(self) -> bool:
         """Whether outputs may fall inside steps (one grid over the whole solve)."""
+        if self.grid_points is not None:
+            return True
         return self.step_size is not None and not self.exact_outputs
 
     def segments(self, times: list[float]) -> list[tuple[float, float]]:
@@ -140,6 +189,8 @@ class FixedGrid:
 
     def count(self, t0: float, t1: float) -> int:
         """Number of steps from ``t0`` to ``t1``."""
+        if self.grid_points is not None:
+            return len(self.grid_points) - 1
         if self.steps is not None:
             return self.steps
         if self.step_size is not None:
@@ -161,6 +212,11 @@ class FixedGrid:
 
     def grid(self, times: list[float]) -> Iterator[tuple[float, float, float]]:
         """Every step of the solve, in order."""
+        if self.grid_points is not None:
+            pts = self.grid_points
+            for a, b in zip(pts[:-1], pts[1:]):
+                yield a, b - a, b
+            return
         for a, b in self.segments(times):
             yield from self.iter_interval(a, b)
 
@@ -302,7 +358,7 @@ class Adaptive:
         return min(100 * h0, h1, self.max_step)
 
 
-_FIXED_OPTIONS = {"step_size", "steps"}
+_FIXED_OPTIONS = {"step_size", "steps", "grid_constructor"}
 _FIXED_ONLY = {"interp"}  # fixed-grid options that do not by themselves ask for a fixed grid
 _ADAPTIVE_OPTIONS = {
     "first_step",
@@ -356,7 +412,11 @@ def resolve_control(solver, rtol, atol, options) -> FixedGrid | Adaptive:
                 f"option(s) {sorted(extra)} only apply to adaptive stepping, but {why}; "
                 f"remove them, or drop step_size/steps and use an adaptive method"
             )
-        if "interp" in options and options.get("step_size") is None:
+        if (
+            "interp" in options
+            and options.get("step_size") is None
+            and "grid_constructor" not in options
+        ):
             raise InvalidOptionError(
                 "option interp applies to a step_size grid, where outputs fall between grid "
                 "points; with steps=N (or one step per interval) every output is a grid point"
@@ -367,6 +427,7 @@ def resolve_control(solver, rtol, atol, options) -> FixedGrid | Adaptive:
             max_steps=DEFAULT_MAX_STEPS if max_steps is None else max_steps,
             exact_outputs=options.get("exact_outputs", False),
             interp=options.get("interp", "linear"),
+            grid_constructor=options.get("grid_constructor"),
         )
     if "interp" in options:
         raise InvalidOptionError(
