@@ -34,7 +34,9 @@ class ReversibleGradient(FunctionMethod):
     Memory ``O(S + L)``, flat in ``N_t`` (plus two floats per step). Compute:
     ALF evaluates ``f`` once per step in backward (the inverse and the forward
     step share their evaluation point) plus one VJP; the reversible RK wrapper
-    inverts (two base steps) and replays (two base steps). The gradient equals
+    evaluates the inverse's two base steps with their graph and takes the VJP
+    from them (fused, SPEC §5.5; a step with outputs interpolated inside it is
+    inverted, then replayed: four base steps). The gradient equals
     backprop through the same discretisation up to the round-off of the
     reconstruction. Needs a :class:`~neurode.solvers.ReversibleSolver`
     (``"alf"``, :class:`~neurode.ALF`, :class:`~neurode.Reversible`).

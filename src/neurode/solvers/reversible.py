@@ -15,15 +15,31 @@ and is undone in closed form::
 Two base steps per step; the base method's order is kept. ``λ < 1`` couples
 ``y`` and ``z`` so the pair cannot drift apart, which is what keeps the scheme
 stable where ALF and reversible Heun are not.
+
+The backward pass is fused (SPEC §5.5): the inverse evaluates the same two base
+steps the forward step took, so evaluating them with their graph gives the
+step's vector–Jacobian product directly. With ``B = Ψ_{−h}(t + h, y')``,
+``F = Ψ_h(t, z)`` and cotangents ``(a_y', a_z')``::
+
+    ā   = a_y' + a_z' − (∂B/∂y')ᵀ a_z'              (y' reaches z' directly and via B)
+    a_y = λ ā
+    a_z = a_z' − λ ā + (∂F/∂z)ᵀ ā
+    a_θ = −(∂B/∂θ)ᵀ a_z' + (∂F/∂θ)ᵀ ā
+
+Two base steps and their VJPs per step, instead of inverting (two base steps)
+and replaying (two more).
 """
 
 from __future__ import annotations
 
+import contextlib
+
+import torch
 from torch import Tensor
 
 from .._rng import cuda_devices, draw_seeds, seeded
 from ..errors import InvalidOptionError
-from .base import Interpolant, ReversibleSolver, State, VectorField
+from .base import Interpolant, ReversibleSolver, State, VectorField, combine, vjp
 from .dense import dense_weights
 from .rk import RungeKutta, rk_interpolant, rk_stages, rk_step
 from .tableau import TABLEAUS, ButcherTableau
@@ -117,6 +133,66 @@ class Reversible(ReversibleSolver):
             fwd, _ = self._psi(f, t, h, z)
         y = (y1 - fwd).div(self.coupling).add(z)
         return (y, z)
+
+    def backward_step(self, f, t, h, x1, a1, params, rng=contextlib.nullcontext):
+        """Rebuild ``x0`` from ``x1`` and pull ``a1 = (a_y', a_z')`` back through the step.
+
+        Fused (see the module docstring): the inverse's two base steps are evaluated
+        with their graph, ``Ψ_{−h}(t + h, y')`` first, and each is pulled back as
+        soon as it is evaluated, so one base step's graph is alive at a time. Under
+        ``rng()`` the two seeds are drawn as :meth:`step` drew them, and each base
+        step runs under the seed it ran under forward. Returns ``(x0, a0, param_grads)``.
+        """
+        y1, z1 = x1
+        a_y1, a_z1 = a1
+        lam = self.coupling
+        devices = cuda_devices(y1.device)
+        with rng():
+            seed_fwd, seed_bwd = draw_seeds(2)
+            # B = Ψ_{−h}(t + h, y'), pulled back with a_z'
+            y1_leaf = y1.detach().requires_grad_(True)
+            with torch.enable_grad(), seeded(seed_bwd, devices):
+                bwd = _base_step(self.base, f, t + h, -h, y1_leaf)
+            (g_y1,), g_bwd = vjp((bwd,), (y1_leaf,), (a_z1,), params)
+            with torch.no_grad():
+                bwd = bwd.detach()
+                z = (z1 - y1).add(bwd)
+                a_bar = (a_y1 + a_z1).sub(g_y1)
+            del bwd, g_y1
+            # F = Ψ_h(t, z), pulled back with ā
+            z_leaf = z.detach().requires_grad_(True)
+            with torch.enable_grad(), seeded(seed_fwd, devices):
+                fwd = _base_step(self.base, f, t, h, z_leaf)
+            (g_z,), g_fwd = vjp((fwd,), (z_leaf,), (a_bar,), params)
+        with torch.no_grad():
+            fwd = fwd.detach()
+            y = (y1 - fwd).div(lam).add(z)
+            a_y = a_bar * lam
+            a_z = (a_z1 - a_y).add(g_z) if lam != 1.0 else (a_z1 - a_bar).add(g_z)
+            grads = tuple(_combine_grads(gb, gf) for gb, gf in zip(g_bwd, g_fwd))
+        return (y, z), (a_y, a_z), grads
+
+
+def _base_step(tab: ButcherTableau, f: VectorField, t: float, h: float, y: Tensor) -> Tensor:
+    """``Ψ_h(t, y)`` as :func:`rk_stages` computes it (the same floating-point operations),
+    without the error estimate, which the backward pass does not need."""
+    ks = [f(t, y)]
+    s = tab.stages
+    for i in range(1, s):
+        yi = combine(y, h, tab.a[i], ks)
+        if tab.fsal and i == s - 1:
+            return yi  # the last stage is evaluated at the solution itself (f unused)
+        ks.append(f(t + tab.c[i] * h, yi))
+    return combine(y, h, tab.b, ks)
+
+
+def _combine_grads(g_bwd: Tensor | None, g_fwd: Tensor | None) -> Tensor | None:
+    """``−g_bwd + g_fwd`` where ``None`` means zero (a parameter a base step does not use)."""
+    if g_bwd is None:
+        return g_fwd
+    if g_fwd is None:
+        return -g_bwd
+    return g_fwd - g_bwd
 
 
 class _Coupled(Interpolant):
