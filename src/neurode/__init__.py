@@ -1,6 +1,7 @@
 """neurode: neural ODEs in PyTorch with exact, memory-bounded gradients."""
 
 from ._loop import SolveStats
+from .config import SolveConfig
 from .diagnostics import Reconstruction, reconstruction_error
 from .errors import (
     EventError,
@@ -47,6 +48,7 @@ __all__ = [
     "ReversibleGradient",
     "RungeKutta",
     "Solution",
+    "SolveConfig",
     "SolveStats",
     "Solver",
     "StepSizeUnderflowError",

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from .._loop import SolveStats
-from ..odeint import solve
+from ..config import Configured, SolveConfig
 
 __all__ = [
     "CNF",
@@ -228,7 +228,7 @@ class CNFDynamics(nn.Module):
         return tr, frob
 
 
-class CNFBlock(nn.Module):
+class CNFBlock(Configured, nn.Module):
     """One CNF solve from ``t = 0`` to ``t = T`` (or back).
 
     Args:
@@ -256,10 +256,7 @@ class CNFBlock(nn.Module):
         super().__init__()
         self.dynamics = dynamics
         self.T = float(T)
-        self.method = method
-        self.rtol, self.atol = rtol, atol
-        self.options = dict(options or {})
-        self.gradient = gradient
+        self.solve_config = SolveConfig(method, rtol, atol, options, gradient)
         self.last_stats: SolveStats | None = None
 
     def forward(
@@ -272,14 +269,6 @@ class CNFBlock(nn.Module):
         unless ``regularize``. ``solve_kw`` overrides ``method``, ``rtol``,
         ``atol``, ``options`` or ``gradient`` for this call.
         """
-        kw = dict(
-            method=self.method,
-            rtol=self.rtol,
-            atol=self.atol,
-            options=self.options,
-            gradient=self.gradient,
-        )
-        kw.update(solve_kw)
         dynamics = self.dynamics
         dynamics.resample(z)
         eps = dynamics.eps  # this solve's ε, held by the closure for any later replay
@@ -291,7 +280,7 @@ class CNFBlock(nn.Module):
         state = (z, zero, zero, zero) if regularize else (z, zero)
         t = [self.T, 0.0] if reverse else [0.0, self.T]
         # the closure captures ``dynamics``, so the solver finds its parameters
-        sol = solve(func, state, t, **kw)
+        sol = self.solve_config.solve(func, state, t, **solve_kw)
         self.last_stats = sol.stats
         out = sol.ys
         z1, delta = out[0][-1], out[1][-1]

@@ -22,7 +22,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..odeint import odeint
+from ..config import Configured, SolveConfig
 
 __all__ = ["GRUEncoder", "LatentODE", "ODERNNEncoder", "ODEFunc"]
 
@@ -90,7 +90,7 @@ class GRUEncoder(nn.Module):
         return mu, logvar
 
 
-class ODERNNEncoder(nn.Module):
+class ODERNNEncoder(Configured, nn.Module):
     """ODE-RNN (Rubanova et al., 2019) run backwards in time.
 
     Between grid points the hidden state follows ``dh/dt = f_h(h)`` (solved
@@ -117,10 +117,7 @@ class ODERNNEncoder(nn.Module):
         self.func = ODEFunc(hidden, ode_hidden, layers=1, activation=nn.Tanh)
         self.out = nn.Linear(hidden, 2 * latent_dim)
         self.hidden = hidden
-        self.method = method
-        self.rtol, self.atol = rtol, atol
-        self.options = dict(options or {})
-        self.gradient = gradient
+        self.solve_config = SolveConfig(method, rtol, atol, options, gradient)
 
     def forward(self, x: Tensor, mask: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         mask = _check_inputs(x, mask, t)
@@ -129,23 +126,14 @@ class ODERNNEncoder(nn.Module):
         times = t.detach().to(torch.float64).tolist()
         for i in range(n - 1, -1, -1):
             if i < n - 1:
-                h = odeint(
-                    self.func,
-                    h,
-                    [times[i + 1], times[i]],
-                    method=self.method,
-                    rtol=self.rtol,
-                    atol=self.atol,
-                    options=self.options,
-                    gradient=self.gradient,
-                )[-1]
+                h = self.solve_config.solve(self.func, h, [times[i + 1], times[i]]).ys[-1]
             m = mask[:, i : i + 1]
             h = m * self.cell(x[:, i], h) + (1 - m) * h
         mu, logvar = self.out(h).chunk(2, dim=1)
         return mu, logvar
 
 
-class LatentODE(nn.Module):
+class LatentODE(Configured, nn.Module):
     """Latent ODE: encoder → ``q(z₀)`` → ODE decoder at the observation times → ELBO.
 
     Args:
@@ -205,10 +193,7 @@ class LatentODE(nn.Module):
             self.decoder = nn.Linear(latent_dim, obs_dim)
         self.latent_dim = latent_dim
         self.obs_std = float(obs_std)
-        self.method = method
-        self.rtol, self.atol = rtol, atol
-        self.options = dict(options or {})
-        self.gradient = gradient
+        self.solve_config = SolveConfig(method, rtol, atol, options, gradient)
         self.last_stats = None
 
     def encode(self, x: Tensor, mask: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
@@ -217,17 +202,7 @@ class LatentODE(nn.Module):
 
     def decode(self, z0: Tensor, t, **solve_kw) -> Tensor:
         """Decoded means at times ``t`` (``t[0]`` is the time of ``z₀``): ``(B, T, D)``."""
-        from ..odeint import solve
-
-        kw = dict(
-            method=self.method,
-            rtol=self.rtol,
-            atol=self.atol,
-            options=self.options,
-            gradient=self.gradient,
-        )
-        kw.update(solve_kw)
-        sol = solve(self.func, z0, t, **kw)
+        sol = self.solve_config.solve(self.func, z0, t, **solve_kw)
         self.last_stats = sol.stats
         return self.decoder(sol.ys).transpose(0, 1)
 

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import Tensor, nn
 
 from .._loop import SolveStats
-from ..gradients.base import frozen_buffers
-from ..odeint import solve
+from ..config import Configured, SolveConfig
+from ..gradients.recompute import recompute
 
 
-class ODEBlock(nn.Module):
+class ODEBlock(Configured, nn.Module):
     """``y(t1)`` of ``dy/dt = func(t, y)``, ``y(t0) = x``, as a layer.
 
     Args:
@@ -57,16 +55,13 @@ class ODEBlock(nn.Module):
         super().__init__()
         self.func = func
         self.t0, self.t1 = float(t0), float(t1)
-        self.method = method
-        self.rtol, self.atol = rtol, atol
-        self.gradient = gradient
         self.recompute = recompute
         opts = dict(options or {})
         if steps is not None:
             opts["steps"] = steps
         if step_size is not None:
             opts["step_size"] = step_size
-        self.options = opts
+        self.solve_config = SolveConfig(method, rtol, atol, opts, gradient)
         self.last_stats: SolveStats | None = None
         self.reset_nfe()
 
@@ -82,16 +77,8 @@ class ODEBlock(nn.Module):
         return sum(s.nfe_backward for s in self._all_stats)
 
     def _solve(self, x: Tensor, gradient=None) -> tuple[Tensor, SolveStats]:
-        sol = solve(
-            self.func,
-            x,
-            [self.t0, self.t1],
-            method=self.method,
-            rtol=self.rtol,
-            atol=self.atol,
-            options=self.options,
-            gradient=self.gradient if gradient is None else gradient,
-        )
+        kw = {} if gradient is None else {"gradient": gradient}
+        sol = self.solve_config.solve(self.func, x, [self.t0, self.t1], **kw)
         return sol.ys[-1], sol.stats
 
     def forward(self, x: Tensor) -> Tensor:
@@ -99,7 +86,7 @@ class ODEBlock(nn.Module):
         needs_grad = torch.is_grad_enabled() and (x.requires_grad or bool(params))
         if self.recompute and needs_grad:
             stats = SolveStats()
-            y = _Recompute.apply(self, stats, x, *params)
+            y = recompute(self._solve, x, params, [self.func], stats)
         else:
             y, stats = self._solve(x)
         self.last_stats = stats
@@ -113,50 +100,3 @@ class ODEBlock(nn.Module):
             f"t=[{self.t0}, {self.t1}], method={self.method!r}, options={self.options}, "
             f"gradient={self.gradient!r}, recompute={self.recompute}"
         )
-
-
-def _devices(x: Tensor) -> Sequence[int]:
-    if x.device.type == "cuda":
-        return [x.device.index if x.device.index is not None else torch.cuda.current_device()]
-    return []
-
-
-class _Recompute(torch.autograd.Function):
-    """ANODE's block scheme: keep the input, rebuild the block's solve in backward."""
-
-    @staticmethod
-    def forward(ctx, block: ODEBlock, stats: SolveStats, x: Tensor, *params: Tensor):
-        devices = _devices(x)
-        ctx.cpu_rng = torch.get_rng_state()
-        ctx.cuda_rng = [torch.cuda.get_rng_state(d) for d in devices]
-        ctx.devices = devices
-        ctx.block, ctx.stats, ctx.n_params = block, stats, len(params)
-        with torch.no_grad():
-            y, s = block._solve(x)
-        stats.nfe_forward += s.nfe_forward
-        stats.accepted_steps += s.accepted_steps
-        stats.rejected_steps += s.rejected_steps
-        ctx.save_for_backward(x, *params)
-        return y
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_y: Tensor):
-        x, *params = ctx.saved_tensors
-        block: ODEBlock = ctx.block
-        # Replay with the random state the forward saw and without touching BatchNorm twice.
-        with torch.random.fork_rng(devices=ctx.devices), frozen_buffers([block.func]):
-            torch.set_rng_state(ctx.cpu_rng)
-            for d, st in zip(ctx.devices, ctx.cuda_rng):
-                torch.cuda.set_rng_state(st, d)
-            leaf = x.detach().requires_grad_(x.requires_grad)
-            with torch.enable_grad():
-                y, s = block._solve(leaf)
-                inputs = ([leaf] if leaf.requires_grad else []) + list(params)
-                grads = torch.autograd.grad(y, inputs, grad_y, allow_unused=True)
-        # the rebuild is backward work: count all of it there
-        ctx.stats.nfe_backward += s.nfe_forward + s.nfe_backward
-        ctx.stats.recomputed_steps += s.accepted_steps + s.recomputed_steps
-        g_x = grads[0] if leaf.requires_grad else None
-        g_params = grads[1:] if leaf.requires_grad else grads
-        return (None, None, g_x, *g_params)
