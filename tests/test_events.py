@@ -156,3 +156,20 @@ def test_bad_event_inputs_raise():
             torch.tensor(0.0, requires_grad=True),
             event_fn=lambda t, y: y[0] - 0.5,
         )
+
+
+def test_odeint_event_direction_follows_t_and_odeint_adjoint_accepts_event_fn():
+    y0 = torch.tensor([1.0], dtype=DT)
+    # decreasing t: search backwards (y' = y, y = 0.5 at t = ln 0.5)
+    t_ev, _ = neurode.odeint(
+        lambda t, y: y, y0, torch.tensor([0.0, -1.0], dtype=DT),
+        event_fn=lambda t, y: y[0] - 0.5, rtol=1e-10,
+    )  # fmt: skip
+    assert abs(float(t_ev) - math.log(0.5)) < 1e-8
+    k = torch.tensor(0.7, dtype=DT, requires_grad=True)
+    t_ev, sol = neurode.odeint_adjoint(
+        lambda t, y: -k * y, y0, torch.tensor([0.0, 1.0], dtype=DT),
+        event_fn=lambda t, y: y[0] - 0.5, rtol=1e-10, atol=1e-12,
+    )  # fmt: skip
+    (dk,) = torch.autograd.grad(t_ev, k)
+    assert abs(float(dk) + math.log(2.0) / 0.7**2) < 1e-6

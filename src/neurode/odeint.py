@@ -175,12 +175,14 @@ def odeint(
     Step-size decisions are never differentiated: every gradient method
     treats the accepted steps as constants.
     """
-    if event_fn is not None:  # torchdiffeq: integrate from t[0] until the event
-        from .events import odeint_event
+    if event_fn is not None:  # torchdiffeq: integrate from t[0] until the event,
+        from .events import odeint_event  # in the direction of t[1] if t has one
 
+        ts = t.detach().reshape(-1).tolist() if isinstance(t, Tensor) else list(t)
         return odeint_event(
             func, y0, t, event_fn=event_fn, method=method, rtol=rtol, atol=atol,
             options=options, gradient=gradient, params=params,
+            reverse_time=len(ts) > 1 and float(ts[1]) < float(ts[0]),
         )  # fmt: skip
     return solve(
         func,
@@ -209,6 +211,7 @@ def odeint_adjoint(
     adjoint_method: str | Solver | None = None,
     adjoint_options: dict | None = None,
     adjoint_params: Sequence[Tensor] | None = None,
+    event_fn: Callable | None = None,
 ) -> Tensor | tuple[Tensor, ...]:
     """torchdiffeq's ``odeint_adjoint``: :func:`odeint` with ``gradient=Adjoint(...)``.
 
@@ -225,5 +228,5 @@ def odeint_adjoint(
     )
     return odeint(
         func, y0, t, method=method, rtol=rtol, atol=atol, options=options,
-        gradient=gradient, params=adjoint_params,
+        gradient=gradient, params=adjoint_params, event_fn=event_fn,
     )  # fmt: skip
