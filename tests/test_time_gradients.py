@@ -59,3 +59,17 @@ def test_exact_methods_refuse_time_gradients(gradient):
         neurode.odeint(lambda t, y: -y, torch.ones(2, dtype=DT), t, method="alf", gradient=gradient)
     with torch.no_grad():  # no gradient asked for: fine
         neurode.odeint(lambda t, y: -y, torch.ones(2, dtype=DT), t, method="alf", gradient=gradient)
+
+
+def test_adjoint_options_norm_seminorm_is_torchdiffeqs_spelling():
+    f = MLP(dim=3, seed=1)
+    y0 = randn(3, seed=2).requires_grad_(True)
+    stats = {}
+    for name, opts in (("str", dict(norm="seminorm")), ("flag", None)):
+        g = neurode.Adjoint(options=opts, seminorm=opts is None)
+        sol = neurode.solve(f, y0, [0.0, 1.0], rtol=1e-6, atol=1e-8, gradient=g)
+        sol.ys.sum().backward()
+        stats[name] = sol.stats.nfe_backward
+    assert stats["str"] == stats["flag"]
+    ys = neurode.odeint_adjoint(f, y0, [0.0, 1.0], adjoint_options=dict(norm="seminorm"))
+    ys.sum().backward()

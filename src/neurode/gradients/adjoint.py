@@ -44,8 +44,12 @@ class Adjoint(FunctionMethod):
         self.method = method
         self.rtol = rtol
         self.atol = atol
-        self.seminorm = bool(seminorm)
         self.options = dict(options) if options is not None else None  # {} = no step options
+        if self.options is not None and self.options.get("norm") == "seminorm":
+            # torchdiffeq's spelling: adjoint_options=dict(norm="seminorm")
+            del self.options["norm"]
+            seminorm = True
+        self.seminorm = bool(seminorm)
         self.preserve_rng = False
 
     def __repr__(self) -> str:
@@ -105,6 +109,8 @@ class Adjoint(FunctionMethod):
 
 
 class _AdjointRunner(Runner):
+    reusable = True  # it keeps only the outputs: backward may run again (retain_graph)
+
     def forward(self, y0: Tensor) -> list[Tensor]:
         outputs, _, _ = forward_no_graph(self, y0)
         self.outputs = outputs
@@ -166,7 +172,6 @@ class _AdjointRunner(Runner):
                 tg = [float((grads[k] * fs[k]).sum()) for k in range(1, K + 1)]
                 a_flow = a_flow.view(shape)
                 self.t_grads = [-float((a_flow * fs[0]).sum()), *tg]
-        self.outputs = None
         g_params = list(a_theta.split(numels)) if numels else []
         g_params = [g.view_as(q) for g, q in zip(g_params, params)]
         return a.view(shape), g_params

@@ -100,6 +100,9 @@ class Runner:
         raise NotImplementedError
 
     t_grads: list[float] | None = None
+    # whether backward may run again on the same record (retain_graph=True, gradcheck):
+    # only when what the forward keeps is small (the adjoint's outputs)
+    reusable: bool = False
 
     # --- shared pieces -------------------------------------------------------------
     def rng_ctx(self, key: int):
@@ -260,7 +263,8 @@ class _SolveFunction(torch.autograd.Function):
                 g_y0, g_params = runner.backward(list(grad_ys.unbind(0)), ctx.y0)
         finally:
             runner.p.field.backward = False
-        ctx.runner = None  # free what the forward kept as soon as it is used
+        if not runner.reusable:
+            ctx.runner = None  # free what the forward kept as soon as it is used
         g_params = [
             None if g is None else g.to(dtype=p.dtype) for g, p in zip(g_params, runner.p.params)
         ]
