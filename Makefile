@@ -1,4 +1,5 @@
-# Every target creates .venv on first use: torch==2.13.0 first (a CPU build), then the package.
+# Every target creates .venv on first use: torch==2.13.0 first (a CPU build), then the package
+# with the dev and app extras (neurode.app needs tqdm, matplotlib, scikit-learn).
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.neurode-installed
@@ -10,7 +11,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,app]"
 	touch $(STAMP)
 
 demo: setup  ## the main job: train a small ODE-ResNet with each gradient method and compare

@@ -34,8 +34,8 @@ from pathlib import Path
 
 import torch
 
-from neurode.demo import gradient_error
-from neurode.train.classify import TrainConfig, load_data, make_gradient, make_method, train
+from neurode.app.demo import gradient_error
+from neurode.app.train.classify import TrainConfig, load_data, make_gradient, make_method, train
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 import neurode
-from neurode.data.spirals import make_spirals
+from neurode.app.data.spirals import make_spirals
 from neurode.nn.latent import LatentODE
 
 

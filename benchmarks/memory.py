@@ -21,10 +21,10 @@ import sys
 import time
 from pathlib import Path
 
-from neurode.bench.memory import CONFIGS, DEFAULT_KEYS, analyse, memory_sweep
-from neurode.bench.peers import peers_status
-from neurode.bench.problems import PROBLEMS, make_problem
-from neurode.bench.report import (
+from neurode.app.bench.memory import CONFIGS, DEFAULT_KEYS, analyse, memory_sweep
+from neurode.app.bench.peers import peers_status
+from neurode.app.bench.problems import PROBLEMS, make_problem
+from neurode.app.bench.report import (
     checks_text,
     memory_table,
     plot_memory,
@@ -32,7 +32,7 @@ from neurode.bench.report import (
     summary_table,
     time_table,
 )
-from neurode.bench.timing import environment
+from neurode.app.bench.timing import environment
 
 RESULTS = Path(__file__).resolve().parent / "results"
 QUICK_KEYS = ("direct", "checkpoint", "reversible-alf")

@@ -18,10 +18,10 @@ import json
 import sys
 from pathlib import Path
 
-from neurode.bench.overhead import LIBRARIES, measure_overhead
-from neurode.bench.peers import peers_status
-from neurode.bench.problems import PROBLEMS, make_problem
-from neurode.bench.timing import environment, set_threads
+from neurode.app.bench.overhead import LIBRARIES, measure_overhead
+from neurode.app.bench.peers import peers_status
+from neurode.app.bench.problems import PROBLEMS, make_problem
+from neurode.app.bench.timing import environment, set_threads
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CONV_TARGET = 1.05

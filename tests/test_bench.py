@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from neurode.bench import memory as bmem
-from neurode.bench import peers
-from neurode.bench.problems import make_problem
+from neurode.app.bench import memory as bmem
+from neurode.app.bench import peers
+from neurode.app.bench.problems import make_problem
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from neurode.errors import CheckpointError, NeurodeError
-from neurode.train import cli as train_cli
-from neurode.train import common
-from neurode.train.classify import VOLATILE_KEYS
-from neurode.train.common import (
+from neurode.app.train import cli as train_cli
+from neurode.app.train import common
+from neurode.app.train.classify import VOLATILE_KEYS
+from neurode.app.train.common import (
     atomic_save,
     keeping_previous_checkpoints,
     load_checkpoint,
@@ -280,7 +280,7 @@ def test_an_old_unchecksummed_checkpoint_resumed_from_is_kept(tmp_path, capsys):
 KILLED_SAVE = textwrap.dedent(
     """
     import os, sys, torch
-    from neurode.train.common import atomic_save, load_checkpoint
+    from neurode.app.train.common import atomic_save, load_checkpoint
 
     path, stage = sys.argv[1], sys.argv[2]
     load_checkpoint(path)  # a resumed run: the file there is its previous state
@@ -524,7 +524,7 @@ def test_neurode_command_exits_2_on_a_garbage_checkpoint(runs, tmp_path):
 
 
 def test_top_level_main_exits_2_on_a_truncated_checkpoint(runs, tmp_path, capsys):
-    from neurode.cli import main as neurode_main
+    from neurode.app.cli import main as neurode_main
 
     out = _copy_run(runs, 1, tmp_path)
     _truncated(out / "checkpoint.pt")

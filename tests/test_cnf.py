@@ -386,7 +386,7 @@ def test_invalid_settings_raise():
 
 
 def test_train_cnf_command_writes_pictures_and_resumes(tmp_path):
-    from neurode.train import cnf as train_cnf
+    from neurode.app.train import cnf as train_cnf
 
     out = tmp_path / "run"
     argv = [
@@ -409,7 +409,7 @@ def test_train_cnf_command_writes_pictures_and_resumes(tmp_path):
 
 
 def test_neurode_train_cnf_is_dispatched(capsys):
-    from neurode.cli import main
+    from neurode.app.cli import main
 
     with pytest.raises(SystemExit) as exc:
         main(["train", "cnf", "--help"])

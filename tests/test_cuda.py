@@ -118,8 +118,8 @@ def test_ddp_step_with_nccl(tmp_path):
 
 
 def test_short_train_on_device(tmp_path):
-    from neurode.train import cli as train_cli
-    from neurode.train.common import MetricsLogger
+    from neurode.app.train import cli as train_cli
+    from neurode.app.train.common import MetricsLogger
 
     out = tmp_path / "run"
     rc = train_cli.main(["--data", "digits", "--widths", "4,8,8,8", "--train-limit", "96",

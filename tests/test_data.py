@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from neurode.data.augment import (
+from neurode.app.data.augment import (
     Augment,
     normalize,
     parse_augment,
     random_crop,
     random_hflip,
 )
-from neurode.data.cifar import CifarNotFoundError, load_cifar
-from neurode.data.digits import load_digits
+from neurode.app.data.cifar import CifarNotFoundError, load_cifar
+from neurode.app.data.digits import load_digits
 
 
 def _batch(n, labels_key, num_classes, seed):

@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from neurode.cli import main as neurode_main
-from neurode.demo import format_table
+from neurode.app.cli import main as neurode_main
+from neurode.app.demo import format_table
 
 
 @pytest.fixture(autouse=True)

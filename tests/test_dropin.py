@@ -90,13 +90,8 @@ def test_registry_grammar_is_shared():
         resolve_solver("alf:x")
 
 
-def test_event_fn_is_refused_not_ignored():
-    with pytest.raises(neurode.UnsupportedCombinationError, match="event_fn"):
-        odeint(decay, Y0, T, event_fn=lambda t, y: y[0] - 0.5)
-
-
 def test_every_train_command_accepts_the_registry_grammar():
-    from neurode.train import classify, cnf, latent
+    from neurode.app.train import classify, cnf, latent
 
     assert classify.make_method("alf:0.8").damping == 0.8
     assert classify._is_reversible_method("reversible:rk4")

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from neurode import odeint
-from neurode.data.spirals import make_spirals
+from neurode.app.data.spirals import make_spirals
 from neurode.nn.latent import GRUEncoder, LatentODE, ODERNNEncoder
 
 D64 = torch.float64
@@ -198,7 +198,7 @@ def test_training_improves_the_elbo_for_every_gradient_method():
 
 
 def test_train_latent_command_writes_pictures_and_resumes(tmp_path):
-    from neurode.train import latent as train_latent
+    from neurode.app.train import latent as train_latent
 
     out = tmp_path / "run"
     argv = [
@@ -228,7 +228,7 @@ def test_train_latent_command_writes_pictures_and_resumes(tmp_path):
 
 
 def test_neurode_train_latent_is_dispatched(capsys):
-    from neurode.cli import main
+    from neurode.app.cli import main
 
     with pytest.raises(SystemExit) as exc:
         main(["train", "latent", "--help"])

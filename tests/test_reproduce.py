@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from neurode.cli import main
+from neurode.app.cli import main
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from neurode.data import spirals, toy
+from neurode.app.data import spirals, toy
 
 
 def _grid(lim: float, n: int):

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from neurode.train import classify
-from neurode.train import cli as train_cli
-from neurode.train.classify import VOLATILE_KEYS, TrainConfig
-from neurode.train.common import (
+from neurode.app.train import classify
+from neurode.app.train import cli as train_cli
+from neurode.app.train.classify import VOLATILE_KEYS, TrainConfig
+from neurode.app.train.common import (
     MetricsLogger,
     TensorMemoryTracker,
     atomic_save,
@@ -258,19 +258,19 @@ def test_divergence_is_recorded_and_stops(tmp_path):
 
 def test_subcommands_dispatch_lazily(monkeypatch, capsys):
     seen = {}
-    fake = types.ModuleType("neurode.train.fakecnf")
+    fake = types.ModuleType("neurode.app.train.fakecnf")
     fake.main = lambda argv: seen.setdefault("argv", argv) and 0
-    monkeypatch.setitem(sys.modules, "neurode.train.fakecnf", fake)
-    monkeypatch.setitem(train_cli.SUBCOMMANDS, "cnf", ("neurode.train.fakecnf", "cnf"))
+    monkeypatch.setitem(sys.modules, "neurode.app.train.fakecnf", fake)
+    monkeypatch.setitem(train_cli.SUBCOMMANDS, "cnf", ("neurode.app.train.fakecnf", "cnf"))
     assert train_cli.main(["cnf", "--epochs", "3"]) == 0
     assert seen["argv"] == ["--epochs", "3"]
-    monkeypatch.setitem(train_cli.SUBCOMMANDS, "latent", ("neurode.train.not_there", "x"))
+    monkeypatch.setitem(train_cli.SUBCOMMANDS, "latent", ("neurode.app.train.not_there", "x"))
     assert train_cli.main(["latent"]) == 2
     assert "not available" in capsys.readouterr().err
 
 
 def test_top_level_command_reaches_train(tmp_path):
-    from neurode.cli import main as neurode_main
+    from neurode.app.cli import main as neurode_main
 
     out = tmp_path / "top"
     assert neurode_main(["train", *TINY, "--epochs", "1", "--out", str(out), "--quiet"]) == 0

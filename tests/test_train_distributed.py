@@ -24,8 +24,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from neurode.train.classify import TrainConfig, load_data, make_model
-from neurode.train.common import MetricsLogger, load_checkpoint
+from neurode.app.train.classify import TrainConfig, load_data, make_model
+from neurode.app.train.common import MetricsLogger, load_checkpoint
 
 pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available(), reason="torch.distributed not available"
@@ -55,8 +55,8 @@ WORKER = textwrap.dedent(
     """
     import sys, torch
     import torch.nn.functional as F
-    from neurode.train.classify import TrainConfig, load_data, make_model
-    from neurode.train.distributed import init_distributed, wrap_model, cleanup
+    from neurode.app.train.classify import TrainConfig, load_data, make_model
+    from neurode.app.train.distributed import init_distributed, wrap_model, cleanup
 
     out, gradient, method = sys.argv[1], sys.argv[2], sys.argv[3]
     torch.set_num_threads(1)
@@ -181,7 +181,7 @@ def test_torchrun_two_processes_matches_single_process_training(tmp_path):
 
 
 def test_sync_bn_on_cpu_is_refused_clearly():
-    from neurode.train.distributed import DistContext, wrap_model
+    from neurode.app.train.distributed import DistContext, wrap_model
 
     model = make_model(TrainConfig(**CFG), 10, 1)
     ctx = DistContext(rank=0, world_size=2, device=torch.device("cpu"), backend="gloo")

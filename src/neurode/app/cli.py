@@ -13,19 +13,19 @@ import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": (
-        "neurode.demo",
+        "neurode.app.demo",
         "train a small ODE-ResNet on digits with each gradient method and compare them",
     ),
     "train": (
-        "neurode.train.cli",
+        "neurode.app.train.cli",
         "train a model: classifier (default), 'train cnf', 'train latent'",
     ),
     "solvers": (
-        "neurode.showcase",
+        "neurode.app.showcase",
         "solve a test problem with every solver and gradient method: error vs evaluations",
     ),
     "reproduce": (
-        "neurode.reproduce",
+        "neurode.app.reproduce",
         "measure the papers' findings and the peers side by side, write a report",
     ),
 }
@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="neurode",
         description="Neural ODEs with exact, memory-bounded gradients.",
     )
-    from . import __version__
+    from neurode import __version__
 
     parser.add_argument("--version", action="version", version=f"neurode {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

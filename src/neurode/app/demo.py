@@ -12,7 +12,7 @@ digits (nothing is downloaded), then prints one table:
   at round-off, the adjoint well above it);
 - evaluations of f per training batch, forward/backward;
 - peak tensor memory of one training step
-  (:class:`~neurode.train.common.TensorMemoryTracker`);
+  (:class:`~neurode.app.train.common.TensorMemoryTracker`);
 - wall time per epoch.
 
 and writes ``demo.png`` (test accuracy and training loss per epoch, memory and

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from . import Adjoint, Checkpoint, Reversible, reconstruction_error, solve
+from neurode import Adjoint, Checkpoint, Reversible, reconstruction_error, solve
 
 FLOOR_FACTOR = 10.0  # exact methods must sit within this factor of the float32 floor
 

@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from . import ALF, Adjoint, Checkpoint, Reversible, solve
+from neurode import ALF, Adjoint, Checkpoint, Reversible, solve
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

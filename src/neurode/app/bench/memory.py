@@ -2,7 +2,7 @@
 
 A *configuration* is a gradient method (or a peer's) on a benchmark problem
 with ``N_t`` fixed steps. :func:`measure` runs one configuration in a fresh
-Python process (``python -m neurode.bench.memory SPEC_JSON``), so that nothing
+Python process (``python -m neurode.app.bench.memory SPEC_JSON``), so that nothing
 a previous configuration allocated, cached or fragmented can hide in its
 numbers. The process:
 
@@ -352,7 +352,7 @@ def measure(spec: dict, timeout: float = 600.0) -> dict:
     (default true: see :data:`EXACT_TUNABLES`). On failure the dict has
     ``status`` ``"timeout"``, ``"unavailable"`` or ``"error"`` and a ``reason``.
     """
-    cmd = [sys.executable, "-m", "neurode.bench.memory", json.dumps(spec)]
+    cmd = [sys.executable, "-m", "neurode.app.bench.memory", json.dumps(spec)]
     env = dict(os.environ)
     if spec.get("threads"):
         env["OMP_NUM_THREADS"] = str(spec["threads"])
@@ -555,7 +555,7 @@ def time_ratios(sweep: dict) -> dict[str, dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Worker entry point: ``python -m neurode.bench.memory SPEC_JSON``."""
+    """Worker entry point: ``python -m neurode.app.bench.memory SPEC_JSON``."""
     argv = sys.argv[1:] if argv is None else argv
     spec = json.loads(argv[0])
     try:

@@ -1,4 +1,4 @@
 """Datasets: CIFAR-10/100 from a local archive, scikit-learn digits, toy densities, spirals.
 
-Import the submodule you need (``neurode.data.cifar``, ``neurode.data.digits``, ...).
+Import the submodule you need (``neurode.app.data.cifar``, ``neurode.app.data.digits``, ...).
 """

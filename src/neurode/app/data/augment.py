@@ -5,7 +5,7 @@ cuts a random window per image, :func:`random_hflip` mirrors a random half of
 the batch, :func:`normalize` subtracts the per-channel mean and divides by the
 standard deviation. Random draws use the global torch generator unless a
 ``generator`` is given, so a training run that restores the RNG state (see
-:mod:`neurode.train.common`) augments identically after a resume.
+:mod:`neurode.app.train.common`) augments identically after a resume.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ __all__ = ["load_digits"]
 
 
 def load_digits(test_size: float = 0.2, seed: int = 0) -> ImageData:
-    """The digits as :class:`~neurode.data.augment.ImageData` (1×8×8, scale 16)."""
+    """The digits as :class:`~neurode.app.data.augment.ImageData` (1×8×8, scale 16)."""
     from sklearn.datasets import load_digits as _sk_load
     from sklearn.model_selection import train_test_split
 

@@ -14,7 +14,7 @@ Metrics per epoch (console, ``metrics.jsonl``, ``curves.png``):
 (fractions), ``nfe_forward`` / ``nfe_backward`` (evaluations of ``f`` per
 training batch, summed over ODE blocks; backward includes recomputation),
 ``step_memory_mb`` (peak tensor memory of the epoch's first training step,
-see :class:`~neurode.train.common.TensorMemoryTracker`; single-process only),
+see :class:`~neurode.app.train.common.TensorMemoryTracker`; single-process only),
 ``peak_memory_mb`` (CUDA: max allocated in the epoch; CPU: the process's peak
 RSS), ``epoch_time`` / ``eval_time`` (seconds). ``epoch_time``,
 ``eval_time`` and ``peak_memory_mb`` are measurements of the machine
@@ -37,11 +37,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data.distributed import DistributedSampler
 
-from ..errors import NonFiniteStateError, UnknownMethodError
-from ..gradients import Adjoint, Checkpoint, ReversibleGradient
-from ..gradients.registry import gradient_names
-from ..nn.models import MODELS, NORMS, build_model
-from ..solvers.registry import is_reversible, resolve_solver
+from neurode.errors import NonFiniteStateError, UnknownMethodError
+from neurode.gradients import Adjoint, Checkpoint, ReversibleGradient
+from neurode.gradients.registry import gradient_names
+from neurode.nn.models import MODELS, NORMS, build_model
+from neurode.solvers.registry import is_reversible, resolve_solver
+
 from .common import (
     MetricsLogger,
     TensorMemoryTracker,

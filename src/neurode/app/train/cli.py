@@ -21,13 +21,14 @@ import importlib
 import sys
 from pathlib import Path
 
-from ..errors import CheckpointError
+from neurode.errors import CheckpointError
+
 from .classify import CHECKPOINT, DATASETS, GRADIENTS, TrainConfig, train
 from .common import is_main_process, keeping_previous_checkpoints, remove_checkpoint_leftovers
 
 SUBCOMMANDS = {
-    "cnf": ("neurode.train.cnf", "continuous normalising flow on 2-D toy densities"),
-    "latent": ("neurode.train.latent", "latent ODE on irregularly sampled spirals"),
+    "cnf": ("neurode.app.train.cnf", "continuous normalising flow on 2-D toy densities"),
+    "latent": ("neurode.app.train.latent", "latent ODE on irregularly sampled spirals"),
 }
 
 

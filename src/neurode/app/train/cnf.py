@@ -1,7 +1,7 @@
 """``neurode train cnf``: a continuous normalising flow on a 2-D toy density.
 
 Trains :class:`neurode.nn.CNF` on one of the toy densities of
-:mod:`neurode.data.toy`, prints the training and held-out NLL every epoch
+:mod:`neurode.app.data.toy`, prints the training and held-out NLL every epoch
 (and, where the density is known in closed form, the true NLL of the same
 held-out points and the gap), checkpoints atomically every epoch, and writes
 PNGs of the learned density and of samples drawn from it.
@@ -21,9 +21,10 @@ from pathlib import Path
 
 import torch
 
+from neurode.gradients.registry import gradient_names
+from neurode.nn.cnf import CNF
+
 from ..data import toy
-from ..gradients.registry import gradient_names
-from ..nn.cnf import CNF
 from .common import (
     is_main_process,
     plot_curves,

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import CheckpointError
+from neurode.errors import CheckpointError
 
 __all__ = [
     "atomic_save",

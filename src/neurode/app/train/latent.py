@@ -1,7 +1,7 @@
 """``neurode train latent``: a latent ODE on irregularly sampled, noisy spirals.
 
 Trains :class:`neurode.nn.LatentODE` by maximising the ELBO on the
-observation window of :func:`neurode.data.spirals.make_spirals`, prints the
+observation window of :func:`neurode.app.data.spirals.make_spirals`, prints the
 ELBO and the held-out interpolation/extrapolation MSE every epoch,
 checkpoints atomically every epoch and writes ``reconstruction.png``
 (observed points, truth, posterior-mean reconstruction and extrapolation).
@@ -21,9 +21,10 @@ from pathlib import Path
 
 import torch
 
+from neurode.gradients.registry import gradient_names
+from neurode.nn.latent import LatentODE
+
 from ..data.spirals import Spirals, make_spirals
-from ..gradients.registry import gradient_names
-from ..nn.latent import LatentODE
 from .common import (
     is_main_process,
     plot_curves,
