@@ -39,6 +39,7 @@ _SCHEDULE = [
     "--augment", "crop,flip", "--crop-padding", "4",
 ]  # fmt: skip
 
+# fmt: off
 RECIPES: dict[str, dict] = {
     "anode-resnet10": dict(
         title="ANODE ResNet-10 (one ODE block per stage), CIFAR-10, Euler x2",
@@ -69,6 +70,7 @@ RECIPES: dict[str, dict] = {
         source="MALI (Zhuang et al., ICLR 2021), CIFAR-10 ODE-ResNet-18 table (not transcribed)",
     ),
 }
+# fmt: on
 
 # one tiny epoch on a generated archive: what the tests run
 TINY = ["--widths", "4,4,4,4", "--depth", "1", "--epochs", "1", "--batch-size", "16",

@@ -217,7 +217,9 @@ def cases(method: str, rtol: float, peers: dict) -> list[dict]:
     ]  # fmt: skip
     if "torchdiffeq" in peers:
         if m == "dopri5":
-            out.append(c("torchdiffeq", "forward", lambda f, y, t: torchdiffeq_solve(f, y, t, m, rtol)))
+            out.append(
+                c("torchdiffeq", "forward", lambda f, y, t: torchdiffeq_solve(f, y, t, m, rtol))
+            )
             out.append(c("torchdiffeq", "adjoint fwd+bwd",
                          lambda f, y, t: torchdiffeq_solve(f, y, t, m, rtol, adjoint=True), True))  # fmt: skip
         else:

@@ -11,7 +11,6 @@ import textwrap
 import pytest
 import torch
 
-from neurode.errors import CheckpointError, NeurodeError
 from neurode.app.train import cli as train_cli
 from neurode.app.train import common
 from neurode.app.train.classify import VOLATILE_KEYS
@@ -23,6 +22,7 @@ from neurode.app.train.common import (
     remove_checkpoint_leftovers,
     resume_training_state,
 )
+from neurode.errors import CheckpointError, NeurodeError
 
 #: a tensor whose raw bytes are easy to find inside the file (torch.save does not compress)
 WEIGHT = torch.arange(4096, dtype=torch.float32) * 0.5 + 1.0

@@ -17,7 +17,9 @@ from neurode.app.train.classify import TrainConfig
 from neurode.app.train.cli import build_parser, config_from_args
 
 ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("cifar_recipe", ROOT / "benchmarks" / "cifar_recipe.py")
+spec = importlib.util.spec_from_file_location(
+    "cifar_recipe", ROOT / "benchmarks" / "cifar_recipe.py"
+)
 recipe = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(recipe)
 

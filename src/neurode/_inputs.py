@@ -215,4 +215,3 @@ def unique_tensors(tensors: Sequence[Tensor]) -> tuple[Tensor, ...]:
             seen.add(id(q))
             out.append(q)
     return tuple(out)
-
