@@ -11,7 +11,10 @@ Writes ``OUT/report.md`` (tables and PNG figures) and ``OUT/report.json``:
 4. forward+backward time as a ratio to direct, from the same run;
 5. training: the digits ODE-ResNet with direct, checkpoint, reversible and
    adjoint gradients;
-6. the peers (torchdiffeq, TorchDiffEqPack, torchode) where they run.
+6. the peers (torchdiffeq, TorchDiffEqPack, torchode) where they run;
+7. where the adjoint fails to train (the ``anode_regime`` sweep): read from
+   ``benchmarks/results/anode_regime.json`` when that cached full sweep exists
+   (or ``--anode-cache PATH``), otherwise run; ``--quick`` runs its tiny form.
 
 ``--quick`` shrinks every section (tiny problems, few steps) to finish in
 under two minutes; CI runs it as a smoke test.
@@ -51,8 +54,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--skip",
         nargs="*",
         default=[],
-        choices=["reconstruction", "gradients", "memory", "training", "peers"],
+        choices=["reconstruction", "gradients", "memory", "training", "peers", "anode_regime"],
         help="sections to leave out",
+    )
+    parser.add_argument(
+        "--anode-cache",
+        default=None,
+        help="JSON of a full anode_regime sweep to report instead of running it "
+        "(default: benchmarks/results/anode_regime.json of the source checkout, if present)",
     )
 
 
@@ -339,6 +348,69 @@ def _plot_memory(mem: dict, path: Path) -> None:
     plt.close(fig)
 
 
+# ---------------------------------------------------------------------------- 7
+def section_anode_regime(quick: bool, out: Path, cache: str | None = None) -> tuple[list, dict]:
+    """Rows for report.json["anode_regime"] and the rest (verdicts, probe, source).
+
+    A full sweep takes ~10 minutes, so without ``--quick`` the cached JSON that
+    ``benchmarks/anode_regime.py`` writes is reported when it exists; only
+    without one is the sweep run. ``--quick`` always runs the tiny sweep.
+    """
+    from .bench import anode_regime as ar
+
+    path = Path(cache) if cache else ar.CACHE
+    if not quick and path.exists():
+        res, source = json.loads(path.read_text()), f"cached: {path}"
+    else:
+        res = ar._clean(ar.sweep(ar.QUICK if quick else ar.FULL, log=lambda m: print("  " + m)))
+        source = "run now" + (" (--quick)" if quick else "")
+    png = out / "anode_regime.png"
+    ar.plot(res, png)
+    meta = dict(
+        source=source,
+        verdicts=res["verdicts"],
+        summary=res["summary"],
+        probe=res["probe"],
+        seconds=res.get("seconds"),
+        budget=res.get("config", {}).get("budget"),
+        png=str(png),
+    )
+    return ar.report_rows(res["summary"]), meta
+
+
+def _anode_regime_markdown(rows: list, meta: dict) -> list[str]:
+    md = ["", "## 7. Where the adjoint fails to train (digits ODE-ResNet sweep)", ""]
+    md.append(
+        f"Source: {meta['source']}. Test accuracy after a fixed budget, mean ± sd over seeds; "
+        "gradient error vs direct (same solver) and reverse-time reconstruction error "
+        "(backward integration; ALF inverse for reversible), at initialisation → end."
+    )
+    md.append("")
+    md.append(
+        _table(
+            ["T", "steps", "solver", "norm", "scale", "gradient", "seeds", "test acc %",
+             "grad err", "recon err"],
+            [
+                [f"{r['T']:g}", str(r["steps"]), r["method"], r["norm"], f"{r['scale']:g}",
+                 r["gradient"], str(r["seeds"]), f"{r['acc_mean']:.2f} ± {r['acc_std']:.2f}",
+                 f"{_fmt(r['grad_err_init'], '.2g')} → {_fmt(r['grad_err'], '.2g')}",
+                 f"{_fmt(r['recon_err_init'], '.2g')} → {_fmt(r['recon_err'], '.2g')}"]
+                for r in rows
+            ],
+        )
+    )  # fmt: skip
+    md.append("")
+    for v in meta.get("verdicts", []):
+        md.append(
+            f"- {v['config']}: checkpoint − adjoint = {v['gap']:+.1f} points over {v['seeds']} "
+            f"seed(s); spreads {'separate' if v['separated_std'] else 'overlap'}; exact methods "
+            f"within {v['exact_spread']:.1f} points; target (≥ 10 points, 3+ seeds, separated, "
+            f"exact methods agree) {'met' if v['target'] else 'not met'}"
+        )
+    md.append("\n![anode regime](anode_regime.png)")
+    return md
+
+
 def write_report(results: dict, out: Path) -> Path:
     md = ["# neurode: the findings, measured on this machine", ""]
     md.append(
@@ -482,6 +554,8 @@ def write_report(results: dict, out: Path) -> Path:
                 ],
             )
         )
+    if results.get("anode_regime") is not None and results.get("anode_regime_meta"):
+        md += _anode_regime_markdown(results["anode_regime"], results["anode_regime_meta"])
     checks = results.get("checks")
     if checks:
         md += ["", "## Checks", ""]
@@ -528,6 +602,10 @@ def run(args: argparse.Namespace) -> int:
             _plot_reconstruction(results["reconstruction"], out / "reconstruction.png")
         if results.get("memory"):
             _plot_memory(results["memory"], out / "memory.png")
+        if results.get("anode_regime_meta"):
+            from .bench import anode_regime as _ar
+
+            _ar.plot(results["anode_regime_meta"], out / "anode_regime.png")
         print(f"wrote {write_report(results, out)}")
         return 0 if all(c["ok"] for c in results["checks"]) else 1
     out.mkdir(parents=True, exist_ok=True)
@@ -561,6 +639,11 @@ def run(args: argparse.Namespace) -> int:
         results["training"] = timed("training", lambda: section_training(args.quick, out))
     if "peers" not in args.skip:
         results["peers"] = section_peers()
+    if "anode_regime" not in args.skip:
+        results["anode_regime"], results["anode_regime_meta"] = timed(
+            "anode_regime",
+            lambda: section_anode_regime(args.quick, out, getattr(args, "anode_cache", None)),
+        )
     results["checks"] = _checks(results)
     (out / "report.json").write_text(json.dumps(results, indent=2, default=str))
     path = write_report(results, out)
