@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
@@ -25,14 +24,8 @@ from neurode.gradients.registry import gradient_names
 from neurode.nn.cnf import CNF
 
 from ..data import toy
-from .common import (
-    is_main_process,
-    plot_curves,
-    resolve_device,
-    resume_training_state,
-    save_training_state,
-    set_seed,
-)
+from .common import is_main_process, plot_curves
+from .loop import EpochLoop, add_run_arguments, start_run
 
 GRADIENTS = tuple(gradient_names())
 
@@ -74,23 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--eval-every", type=int, default=5, help="held-out NLL every N epochs (and at the end)"
     )
-    p.add_argument(
-        "--time-limit",
-        type=float,
-        default=0.0,
-        help="stop training after this many minutes (0: none)",
-    )
     p.add_argument("--grid", type=int, default=120, help="density plot resolution")
     p.add_argument("--n-samples", type=int, default=20_000, help="samples drawn for the plot")
-    p.add_argument("--no-plots", action="store_true")
-    p.add_argument("--out", default=None, help="output directory (default runs/cnf-<data>)")
-    p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument(
-        "--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)"
-    )
-    p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    add_run_arguments(p, "runs/cnf-<data>")
     return p
 
 
@@ -201,36 +180,22 @@ def main(argv: list[str]) -> int:
     except ValueError as e:
         print(f"neurode train cnf: {e}")
         return 2
-    from tqdm import tqdm
+    data = {}
 
-    out_dir = Path(args.out or f"runs/cnf-{name}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out_dir / "checkpoint.pt"
-    device = resolve_device(args.device)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    set_seed(args.seed)
+    def make_data(device):
+        # fixed, reproducible train and held-out sets from distinct seeds
+        data["train"] = toy.sample(name, args.n_train, seed=args.seed * 2 + 1).to(device)
+        data["test"] = toy.sample(name, args.n_test, seed=args.seed * 2 + 2).to(device)
+        return args.n_train
 
-    # data: fixed, reproducible train and held-out sets from distinct seeds
-    x_train = toy.sample(name, args.n_train, seed=args.seed * 2 + 1).to(device)
-    x_test = toy.sample(name, args.n_test, seed=args.seed * 2 + 2).to(device)
+    run = start_run(
+        args, lambda device: build_model(args).to(device), make_data, f"runs/cnf-{name}"
+    )
+    x_train, x_test = data["train"], data["test"]
+    model, opt, sched = run.model, run.optimizer, run.scheduler
+    out_dir, device, logger = run.out_dir, run.device, run.logger
+    iters_per_epoch = run.iters_per_epoch
     true_nll = float(-toy.log_prob(name, x_test.cpu()).mean()) if toy.has_density(name) else None
-
-    model = build_model(args).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-    iters_per_epoch = math.ceil(args.n_train / args.batch_size)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(
-        opt, T_max=max(1, args.epochs * iters_per_epoch), eta_min=args.min_lr
-    )
-    start_epoch, elapsed, logger = resume_training_state(
-        ckpt_path,
-        out_dir / "metrics.jsonl",
-        model=model,
-        optimizer=opt,
-        scheduler=sched,
-        device=device,
-        resume=args.resume,
-    )
 
     n_params = sum(q.numel() for q in model.parameters())
     block = model.blocks[0]
@@ -245,24 +210,12 @@ def main(argv: list[str]) -> int:
             f"true NLL of the {args.n_test} held-out points (closed-form density): {true_nll:.4f}"
         )
 
-    limit = args.time_limit * 60 if args.time_limit > 0 else math.inf
-    stopped = False
-    epoch = start_epoch - 1
-    for epoch in range(start_epoch, args.epochs + 1):
-        if elapsed >= limit:
-            stopped = True
-            break
+    loop = EpochLoop(run, args)
+    for epoch in loop.epochs():
         model.train()
-        t0 = time.perf_counter()
         perm = torch.randperm(args.n_train, device=device)
         total, count, nfe_f, nfe_b = 0.0, 0, 0, 0
-        bar = tqdm(
-            range(iters_per_epoch),
-            desc=f"epoch {epoch}/{args.epochs}",
-            leave=False,
-            disable=args.no_progress or not is_main_process(),
-        )
-        for it in bar:
+        for it in loop.iterations():
             xb = x_train[perm[it * args.batch_size : (it + 1) * args.batch_size]]
             loss, parts = model.loss(xb)
             opt.zero_grad(set_to_none=True)
@@ -274,19 +227,14 @@ def main(argv: list[str]) -> int:
                 nfe_b += blk.last_stats.nfe_backward
             total += parts["nll"] * xb.shape[0]
             count += xb.shape[0]
-            bar.set_postfix(nll=f"{parts['nll']:.3f}")
-            if elapsed + time.perf_counter() - t0 >= limit:
-                stopped = True
-                break
-        bar.close()
-        train_time = time.perf_counter() - t0
-        elapsed += train_time
+            loop.bar.set_postfix(nll=f"{parts['nll']:.3f}")
+        train_time, elapsed = loop.train_seconds, loop.elapsed
         rec = {
             "epoch": epoch,
             "train_nll": total / max(count, 1),
             "lr": opt.param_groups[0]["lr"],
-            "nfe_forward_per_iter": nfe_f / (it + 1),
-            "nfe_backward_per_iter": nfe_b / (it + 1),
+            "nfe_forward_per_iter": nfe_f / loop.iters,
+            "nfe_backward_per_iter": nfe_b / loop.iters,
             "train_seconds": train_time,
             "elapsed": elapsed,
         }
@@ -296,8 +244,7 @@ def main(argv: list[str]) -> int:
             f"epoch {epoch:3d}  train NLL {rec['train_nll']:.4f}  NFE/iter "
             f"{rec['nfe_forward_per_iter']:.0f}+{rec['nfe_backward_per_iter']:.0f}"
         )
-        last_epoch = stopped or epoch == args.epochs or elapsed >= limit
-        if last_epoch or (args.eval_every > 0 and epoch % args.eval_every == 0):
+        if loop.last or (args.eval_every > 0 and epoch % args.eval_every == 0):
             model.eval()
             t1 = time.perf_counter()
             test_nll = held_out_nll(model, x_test, args)
@@ -313,23 +260,8 @@ def main(argv: list[str]) -> int:
             msg += f"  [{train_time:.0f} s train"
         logger.log(rec)
         print(f"{msg}, {elapsed / 60:.1f} min trained]", flush=True)
-        save_training_state(
-            ckpt_path,
-            model=model,
-            optimizer=opt,
-            scheduler=sched,
-            epoch=epoch,
-            elapsed=elapsed,
-            logger=logger,
-            args=args,
-        )
-        if stopped:
-            break
-    if stopped:
-        print(f"time limit of {args.time_limit:g} min reached after epoch {epoch}")
-
-    if not logger.records:
-        print("nothing trained (already at the last epoch?)")
+        loop.save()
+    if not loop.report():
         return 0
     last = logger.records[-1]
     if "test_nll" not in last:  # resumed after the last epoch's evaluation was skipped

@@ -140,10 +140,7 @@ def atomic_save(obj: Any, path: str | os.PathLike, *, keep_previous: bool | None
             _keep_copy(path, previous_checkpoint_path(path))
         os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        _discard(tmp)
         raise
     _LINEAGE[_key(path)] = digest
     _fsync_dir(path.parent)
@@ -161,11 +158,14 @@ def _keep_copy(src: Path, dst: Path) -> None:
                 os.fsync(f.fileno())
         os.replace(tmp, dst)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        _discard(tmp)
         raise
+
+
+def _discard(tmp: str | os.PathLike) -> None:
+    """Remove a temporary file a failed write left (if it is there at all)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
 
 
 def _fsync_dir(directory: Path) -> None:

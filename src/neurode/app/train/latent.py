@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import time
 from pathlib import Path
 
 import torch
@@ -25,14 +23,8 @@ from neurode.gradients.registry import gradient_names
 from neurode.nn.latent import LatentODE
 
 from ..data.spirals import Spirals, make_spirals
-from .common import (
-    is_main_process,
-    plot_curves,
-    resolve_device,
-    resume_training_state,
-    save_training_state,
-    set_seed,
-)
+from .common import is_main_process, plot_curves
+from .loop import EpochLoop, add_run_arguments, start_run
 
 GRADIENTS = tuple(gradient_names())
 
@@ -69,22 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--gradient reversible)",
     )
     p.add_argument(
-        "--steps", type=int, default=1, help="fixed steps per grid interval (0: adaptive)"
+        "--steps",
+        type=int,
+        default=0,
+        help="fixed steps per grid interval (0, the default: adaptive, outputs interpolated)",
     )
     p.add_argument("--rtol", type=float, default=1e-5)
     p.add_argument("--atol", type=float, default=1e-6)
-    p.add_argument(
-        "--time-limit", type=float, default=0.0, help="stop after this many minutes (0: none)"
-    )
-    p.add_argument("--no-plots", action="store_true")
-    p.add_argument("--out", default=None, help="output directory (default runs/latent-spirals)")
-    p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument(
-        "--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)"
-    )
-    p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    add_run_arguments(p, "runs/latent-spirals")
     return p
 
 
@@ -191,31 +175,16 @@ def plot_reconstruction(model: LatentODE, data: Spirals, path: Path, n: int = 4)
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    from tqdm import tqdm
+    data = {}
 
-    out_dir = Path(args.out or "runs/latent-spirals")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out_dir / "checkpoint.pt"
-    device = resolve_device(args.device)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    set_seed(args.seed)
-    train, test = make_data(args, device)
-    model = build_model(args).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-    iters_per_epoch = math.ceil(len(train) / args.batch_size)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(
-        opt, T_max=max(1, args.epochs * iters_per_epoch), eta_min=args.min_lr
-    )
-    start_epoch, elapsed, logger = resume_training_state(
-        ckpt_path,
-        out_dir / "metrics.jsonl",
-        model=model,
-        optimizer=opt,
-        scheduler=sched,
-        device=device,
-        resume=args.resume,
-    )
+    def load(device):
+        data["train"], data["test"] = make_data(args, device)
+        return len(data["train"])
+
+    run = start_run(args, lambda device: build_model(args).to(device), load, "runs/latent-spirals")
+    train, test = data["train"], data["test"]
+    model, opt, sched = run.model, run.optimizer, run.scheduler
+    out_dir, device, logger = run.out_dir, run.device, run.logger
 
     s = solver_settings(args)
     n_params = sum(q.numel() for q in model.parameters())
@@ -227,26 +196,14 @@ def main(argv: list[str]) -> int:
         f"gradient={args.gradient}; device {device}"
     )
     x_all, m_all, t_win = train.window()
-    limit = args.time_limit * 60 if args.time_limit > 0 else math.inf
-    stopped = False
-    epoch = start_epoch - 1
-    for epoch in range(start_epoch, args.epochs + 1):
-        if elapsed >= limit:
-            stopped = True
-            break
+    loop = EpochLoop(run, args)
+    for epoch in loop.epochs():
         model.train()
         kl_w = min(1.0, epoch / args.kl_warmup) if args.kl_warmup > 0 else 1.0
-        t0 = time.perf_counter()
         perm = torch.randperm(len(train), device=device)
         sums = {"elbo": 0.0, "log_lik": 0.0, "kl": 0.0, "mse": 0.0}
         count, nfe_f, nfe_b = 0, 0, 0
-        bar = tqdm(
-            range(iters_per_epoch),
-            desc=f"epoch {epoch}/{args.epochs}",
-            leave=False,
-            disable=args.no_progress or not is_main_process(),
-        )
-        for it in bar:
+        for it in loop.iterations():
             idx = perm[it * args.batch_size : (it + 1) * args.batch_size]
             elbo, parts = model.elbo(x_all[idx], m_all[idx], t_win, kl_weight=kl_w)
             opt.zero_grad(set_to_none=True)
@@ -261,16 +218,11 @@ def main(argv: list[str]) -> int:
             for k in ("log_lik", "kl", "mse"):
                 sums[k] += parts[k] * b
             count += b
-            bar.set_postfix(elbo=f"{float(elbo.detach()):.1f}")
-            if elapsed + time.perf_counter() - t0 >= limit:
-                stopped = True
-                break
-        bar.close()
-        train_time = time.perf_counter() - t0
-        elapsed += train_time
+            loop.bar.set_postfix(elbo=f"{float(elbo.detach()):.1f}")
+        train_time, elapsed = loop.train_seconds, loop.elapsed
         model.eval()
         ev = evaluate(model, test)
-        n_it = it + 1
+        n_it = loop.iters
         rec = {
             "epoch": epoch,
             **{k: v / max(count, 1) for k, v in sums.items()},
@@ -289,22 +241,8 @@ def main(argv: list[str]) -> int:
             f"[{train_time:.0f} s, {elapsed / 60:.1f} min]",
             flush=True,
         )
-        save_training_state(
-            ckpt_path,
-            model=model,
-            optimizer=opt,
-            scheduler=sched,
-            epoch=epoch,
-            elapsed=elapsed,
-            logger=logger,
-            args=args,
-        )
-        if stopped:
-            break
-    if stopped:
-        print(f"time limit of {args.time_limit:g} min reached after epoch {epoch}")
-    if not logger.records:
-        print("nothing trained (already at the last epoch?)")
+        loop.save()
+    if not loop.report():
         return 0
     last = logger.records[-1]
     summary = {
