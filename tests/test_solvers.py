@@ -67,6 +67,7 @@ def _valid_kwargs():
         (dict(a=((), (0.5, 0.5))), "lower triangular"),
         (dict(b_err=(0.5, 0.4), error_order=1), "summing to 0"),
         (dict(b_err=(0.5, -0.5)), "error_order"),
+        (dict(error_order=1), "without error weights"),  # an order with nothing to estimate
     ],
 )
 def test_invalid_tableau_raises(change, words):

@@ -53,9 +53,7 @@ from torch.autograd.function import once_differentiable
 from ..errors import InvalidOptionError, NewtonConvergenceError, UnknownMethodError
 from .base import Solver, State, VectorField, combine
 from .registry import register
-
-_TOL = 1e-12
-
+from .tableau import RungeKuttaData
 
 # ---------------------------------------------------------------------------
 # Tableaus
@@ -63,51 +61,46 @@ _TOL = 1e-12
 
 
 @dataclass(frozen=True)
-class ImplicitTableau:
+class ImplicitTableau(RungeKuttaData):
     """An implicit Runge–Kutta method as data: the full ``s × s`` matrix ``A``.
 
-    Validated once: rows of ``A`` sum to ``c``, ``Σ b = 1``, ``Σ b_err = 0``
-    (``b_err`` = solution weights minus embedded weights). Whether the method is
-    diagonally implicit (stages solved one after another) is derived from ``A``.
+    Validated once (the checks of :class:`~neurode.solvers.tableau.RungeKuttaData`
+    plus the shape of ``A``). Whether the method is diagonally implicit (stages
+    solved one after another) is derived from ``A``.
     """
 
-    name: str
-    c: tuple[float, ...]
-    a: tuple[tuple[float, ...], ...]
-    b: tuple[float, ...]
-    order: int
-    b_err: tuple[float, ...] | None = None
-    error_order: int | None = None
     diagonal: bool = field(init=False)
 
     def __post_init__(self) -> None:
         s = len(self.c)
         if s == 0 or len(self.a) != s or any(len(r) != s for r in self.a):
             raise ValueError(f"tableau {self.name}: A must be {s}×{s}")
-        for i, row in enumerate(self.a):
-            if abs(sum(row) - self.c[i]) > _TOL:
-                raise ValueError(
-                    f"tableau {self.name}: row {i} of A sums to {sum(row)!r}, not c_{i}={self.c[i]!r}"
-                )
-        if len(self.b) != s or abs(sum(self.b) - 1.0) > _TOL:
-            raise ValueError(f"tableau {self.name}: b must have {s} entries summing to 1")
-        if (self.b_err is None) != (self.error_order is None):
-            raise ValueError(f"tableau {self.name}: give both b_err and error_order, or neither")
-        if self.b_err is not None and (len(self.b_err) != s or abs(sum(self.b_err)) > _TOL):
-            raise ValueError(f"tableau {self.name}: b_err must have {s} entries summing to 0")
+        self._check_weights()
         lower = all(self.a[i][j] == 0.0 for i in range(s) for j in range(i + 1, s))
         if all(self.a[i][i] == 0.0 for i in range(s)) and lower:
             raise ValueError(f"tableau {self.name}: explicit; use ButcherTableau")
         object.__setattr__(self, "diagonal", lower)
 
-    @property
-    def stages(self) -> int:
-        return len(self.c)
-
 
 _s2, _s3, _s6, _s15 = sqrt(2.0), sqrt(3.0), sqrt(6.0), sqrt(15.0)
 _g2 = 1.0 - _s2 / 2.0  # SDIRK2's γ and TR-BDF2's d
 _w = _s2 / 4.0  # TR-BDF2's outer weight
+
+
+def _kvaerno(name: str, rows: tuple, order: int) -> ImplicitTableau:
+    # Kværnø's ESDIRKs are stiffly accurate: the solution is the last stage (b is the
+    # last row of A) and the embedded solution the stage before it; c is taken from
+    # the row sums of A.
+    b, emb = tuple(rows[-1]), tuple(rows[-2])
+    return ImplicitTableau(
+        name,
+        c=tuple(sum(r) for r in rows),
+        a=rows,
+        b=b,
+        order=order,
+        b_err=tuple(x - y for x, y in zip(b, emb)),
+        error_order=order - 1,
+    )
 
 
 def _kvaerno3() -> ImplicitTableau:
@@ -120,16 +113,8 @@ def _kvaerno3() -> ImplicitTableau:
     a41 = (6 * g - 1) / (12 * g)
     a42 = -1 / ((24 * g - 12) * g)
     a43 = (-6 * g**2 + 6 * g - 1) / (6 * g - 3)
-    b = (a41, a42, a43, g)
-    emb = (a31, a32, g, 0.0)
-    return ImplicitTableau(
-        "kvaerno3",
-        c=(0.0, 2 * g, 1.0, 1.0),
-        a=((0, 0, 0, 0), (g, g, 0, 0), (a31, a32, g, 0), b),
-        b=b,
-        order=3,
-        b_err=tuple(x - y for x, y in zip(b, emb)),
-        error_order=2,
+    return _kvaerno(
+        "kvaerno3", ((0, 0, 0, 0), (g, g, 0, 0), (a31, a32, g, 0), (a41, a42, a43, g)), 3
     )
 
 
@@ -152,24 +137,14 @@ def _kvaerno4() -> ImplicitTableau:
     a52 = p(24, -12, 1) / (48 * g**2 * p(3, -1))
     a53 = -(p(12, -6, 1) ** 3) / (48 * g**2 * p(3, -1) * p(12, -9, 2) * p(6, -6, 1))
     a54 = p(-24, 36, -12, 1) / p(24, -24, 4)
-    b = (a51, a52, a53, a54, g)
-    emb = (a41, a42, a43, g, 0.0)
     rows = (
         (0, 0, 0, 0, 0),
         (g, g, 0, 0, 0),
         (a31, a32, g, 0, 0),
         (a41, a42, a43, g, 0),
-        b,
+        (a51, a52, a53, a54, g),
     )
-    return ImplicitTableau(
-        "kvaerno4",
-        c=tuple(sum(r) for r in rows),
-        a=rows,
-        b=b,
-        order=4,
-        b_err=tuple(x - y for x, y in zip(b, emb)),
-        error_order=3,
-    )
+    return _kvaerno("kvaerno4", rows, 4)
 
 
 def _kvaerno5() -> ImplicitTableau:
@@ -208,18 +183,8 @@ def _kvaerno5() -> ImplicitTableau:
             g,
         ),
     )
-    b = rows[6]
-    emb = (*rows[5][:6], 0.0)
-    # c is defined from the printed rows (they sum to the paper's c to ~1e-16)
-    return ImplicitTableau(
-        "kvaerno5",
-        c=tuple(sum(r) for r in rows),
-        a=rows,
-        b=b,
-        order=5,
-        b_err=tuple(x - y for x, y in zip(b, emb)),
-        error_order=4,
-    )
+    # the printed rows sum to the paper's c to ~1e-16
+    return _kvaerno("kvaerno5", rows, 5)
 
 
 IMPLICIT_TABLEAUS: dict[str, ImplicitTableau] = {

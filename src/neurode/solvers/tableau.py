@@ -21,13 +21,15 @@ _TOL = 1e-12
 
 
 @dataclass(frozen=True)
-class ButcherTableau:
-    """An explicit Runge–Kutta method as data.
+class RungeKuttaData:
+    """The fields every Runge–Kutta tableau has, explicit or implicit, and the
+    checks they share: rows of ``A`` sum to ``c``, ``Σ b = 1``, ``Σ b_err = 0``,
+    and an error estimate comes with its order.
 
     Args:
         name: short identifier, e.g. ``"dopri5"``.
-        c: stage times, ``c[0] == 0``.
-        a: lower-triangular rows; ``a[i]`` holds the ``i`` coefficients of stage ``i``.
+        c: stage times.
+        a: the rows of ``A``.
         b: solution weights.
         order: order of the solution.
         b_err: error weights (difference between the solution and the embedded
@@ -42,14 +44,13 @@ class ButcherTableau:
     order: int
     b_err: tuple[float, ...] | None = None
     error_order: int | None = None
-    fsal: bool = field(init=False)
 
-    def __post_init__(self) -> None:
+    @property
+    def stages(self) -> int:
+        return len(self.c)
+
+    def _check_weights(self) -> None:
         s = len(self.c)
-        if s == 0 or self.c[0] != 0:
-            raise ValueError(f"tableau {self.name}: c must start with 0")
-        if len(self.a) != s or any(len(row) != i for i, row in enumerate(self.a)):
-            raise ValueError(f"tableau {self.name}: A must be strictly lower triangular ({s} rows)")
         for i, row in enumerate(self.a):
             if abs(sum(row) - self.c[i]) > _TOL:
                 raise ValueError(
@@ -66,6 +67,27 @@ class ButcherTableau:
                 )
             if self.error_order is None:
                 raise ValueError(f"tableau {self.name}: an error estimate needs its error_order")
+        elif self.error_order is not None:
+            raise ValueError(f"tableau {self.name}: error_order given without error weights b_err")
+
+
+@dataclass(frozen=True)
+class ButcherTableau(RungeKuttaData):
+    """An explicit Runge–Kutta method as data.
+
+    The fields are :class:`RungeKuttaData`'s, with ``c[0] == 0`` and ``a[i]``
+    holding the ``i`` coefficients of stage ``i`` (``A`` strictly lower triangular).
+    """
+
+    fsal: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        s = len(self.c)
+        if s == 0 or self.c[0] != 0:
+            raise ValueError(f"tableau {self.name}: c must start with 0")
+        if len(self.a) != s or any(len(row) != i for i, row in enumerate(self.a)):
+            raise ValueError(f"tableau {self.name}: A must be strictly lower triangular ({s} rows)")
+        self._check_weights()
         # FSAL: the last stage is f(t + h, y') exactly, so it is the next step's first stage.
         fsal = (
             s > 1
@@ -74,10 +96,6 @@ class ButcherTableau:
             and self.b[-1] == 0
         )
         object.__setattr__(self, "fsal", fsal)
-
-    @property
-    def stages(self) -> int:
-        return len(self.c)
 
     @property
     def adaptive(self) -> bool:
