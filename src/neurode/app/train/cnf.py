@@ -20,21 +20,17 @@ from pathlib import Path
 
 import torch
 
-from neurode.gradients.registry import gradient_names
 from neurode.nn.cnf import CNF
 
 from ..data import toy
+from . import loop
 from .common import is_main_process, plot_curves
-from .loop import EpochLoop, add_run_arguments, start_run
-
-GRADIENTS = tuple(gradient_names())
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="neurode train cnf",
-        description="Train a continuous normalising flow (FFJORD) on a 2-D toy density.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = loop.trainer_parser(
+        "neurode train cnf",
+        "Train a continuous normalising flow (FFJORD) on a 2-D toy density.",
     )
     p.add_argument("--data", default="8gaussians", help=f"one of {list(toy.NAMES)}")
     p.add_argument("--epochs", type=int, default=30)
@@ -47,16 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--blocks", type=int, default=1, help="stacked CNF blocks")
     p.add_argument("--T", type=float, default=1.0, help="integration time of each block")
     p.add_argument("--activation", default="tanh", choices=["tanh", "softplus", "elu", "silu"])
-    p.add_argument("--gradient", default="direct", choices=GRADIENTS)
-    p.add_argument(
-        "--method",
-        default=None,
-        help="solver for training (default: rk4 with --steps > 0, dopri5 with --steps 0, "
-        "alf with --gradient reversible)",
+    loop.add_solver_arguments(
+        p,
+        gradient="direct",
+        steps=8,
+        steps_help="fixed steps per block (0: adaptive)",
+        rtol=1e-5,
+        atol=1e-5,
     )
-    p.add_argument("--steps", type=int, default=8, help="fixed steps per block (0: adaptive)")
-    p.add_argument("--rtol", type=float, default=1e-5, help="adaptive training tolerance")
-    p.add_argument("--atol", type=float, default=1e-5)
     p.add_argument("--trace", default="auto", choices=["auto", "exact", "hutchinson"])
     p.add_argument("--noise", default="rademacher", choices=["rademacher", "gaussian"])
     p.add_argument("--kinetic", type=float, default=0.0, help="RNODE kinetic-energy weight")
@@ -69,17 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--grid", type=int, default=120, help="density plot resolution")
     p.add_argument("--n-samples", type=int, default=20_000, help="samples drawn for the plot")
-    add_run_arguments(p, "runs/cnf-<data>")
+    loop.add_run_arguments(p, "runs/cnf-<data>")
     return p
 
 
 def build_model(args) -> CNF:
     hidden = tuple(int(h) for h in str(args.hidden).split(",") if h.strip())
-    fixed = bool(args.steps and args.steps > 0)
-    method = args.method or (
-        "alf" if args.gradient == "reversible" else ("rk4" if fixed else "dopri5")
-    )
-    options = {"steps": args.steps} if fixed else {}
     return CNF(
         2,
         hidden=hidden,
@@ -88,11 +77,7 @@ def build_model(args) -> CNF:
         trace=args.trace,
         noise=args.noise,
         activation=args.activation,
-        method=method,
-        rtol=args.rtol,
-        atol=args.atol,
-        options=options,
-        gradient=args.gradient,
+        **loop.solver_settings(args),
         kinetic=args.kinetic,
         jacobian=args.jacobian,
     )
@@ -146,14 +131,7 @@ def plot_density(model: CNF, data: torch.Tensor, args, out_dir: Path) -> list[Pa
         axes[1].set_title("true density")
     axes[-1].imshow(dens.numpy(), origin="lower", extent=extent, cmap="magma")
     axes[-1].set_title("learned density")
-    for ax in axes:
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_aspect("equal")
-    fig.tight_layout()
-    density_png = out_dir / "density.png"
-    fig.savefig(density_png, dpi=90, bbox_inches="tight")
-    plt.close(fig)
+    density_png = _save_panels(fig, axes, out_dir / "density.png")
 
     gen = torch.Generator(device=dev).manual_seed(args.seed + 7)
     samples = model.sample(args.n_samples, generator=gen, **eval_kw(args)).cpu()
@@ -162,15 +140,22 @@ def plot_density(model: CNF, data: torch.Tensor, args, out_dir: Path) -> list[Pa
     axes[0].set_title("data")
     axes[1].hist2d(samples[:, 0].numpy(), samples[:, 1].numpy(), **hist_kw)
     axes[1].set_title("samples (z → x)")
+    samples_png = _save_panels(fig, axes, out_dir / "samples.png")
+    return [density_png, samples_png]
+
+
+def _save_panels(fig, axes, path: Path) -> Path:
+    """Square panels without ticks, written to ``path`` and closed."""
+    import matplotlib.pyplot as plt
+
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_aspect("equal")
     fig.tight_layout()
-    samples_png = out_dir / "samples.png"
-    fig.savefig(samples_png, dpi=90, bbox_inches="tight")
+    fig.savefig(path, dpi=90, bbox_inches="tight")
     plt.close(fig)
-    return [density_png, samples_png]
+    return path
 
 
 def main(argv: list[str]) -> int:
@@ -188,7 +173,7 @@ def main(argv: list[str]) -> int:
         data["test"] = toy.sample(name, args.n_test, seed=args.seed * 2 + 2).to(device)
         return args.n_train
 
-    run = start_run(
+    run = loop.start_run(
         args, lambda device: build_model(args).to(device), make_data, f"runs/cnf-{name}"
     )
     x_train, x_test = data["train"], data["test"]
@@ -210,12 +195,12 @@ def main(argv: list[str]) -> int:
             f"true NLL of the {args.n_test} held-out points (closed-form density): {true_nll:.4f}"
         )
 
-    loop = EpochLoop(run, args)
-    for epoch in loop.epochs():
+    training = loop.EpochLoop(run, args)
+    for epoch in training.epochs():
         model.train()
         perm = torch.randperm(args.n_train, device=device)
         total, count, nfe_f, nfe_b = 0.0, 0, 0, 0
-        for it in loop.iterations():
+        for it in training.iterations():
             xb = x_train[perm[it * args.batch_size : (it + 1) * args.batch_size]]
             loss, parts = model.loss(xb)
             opt.zero_grad(set_to_none=True)
@@ -227,14 +212,14 @@ def main(argv: list[str]) -> int:
                 nfe_b += blk.last_stats.nfe_backward
             total += parts["nll"] * xb.shape[0]
             count += xb.shape[0]
-            loop.bar.set_postfix(nll=f"{parts['nll']:.3f}")
-        train_time, elapsed = loop.train_seconds, loop.elapsed
+            training.bar.set_postfix(nll=f"{parts['nll']:.3f}")
+        train_time, elapsed = training.train_seconds, training.elapsed
         rec = {
             "epoch": epoch,
             "train_nll": total / max(count, 1),
             "lr": opt.param_groups[0]["lr"],
-            "nfe_forward_per_iter": nfe_f / loop.iters,
-            "nfe_backward_per_iter": nfe_b / loop.iters,
+            "nfe_forward_per_iter": nfe_f / training.iters,
+            "nfe_backward_per_iter": nfe_b / training.iters,
             "train_seconds": train_time,
             "elapsed": elapsed,
         }
@@ -244,7 +229,7 @@ def main(argv: list[str]) -> int:
             f"epoch {epoch:3d}  train NLL {rec['train_nll']:.4f}  NFE/iter "
             f"{rec['nfe_forward_per_iter']:.0f}+{rec['nfe_backward_per_iter']:.0f}"
         )
-        if loop.last or (args.eval_every > 0 and epoch % args.eval_every == 0):
+        if training.last or (args.eval_every > 0 and epoch % args.eval_every == 0):
             model.eval()
             t1 = time.perf_counter()
             test_nll = held_out_nll(model, x_test, args)
@@ -260,8 +245,8 @@ def main(argv: list[str]) -> int:
             msg += f"  [{train_time:.0f} s train"
         logger.log(rec)
         print(f"{msg}, {elapsed / 60:.1f} min trained]", flush=True)
-        loop.save()
-    if not loop.report():
+        training.save()
+    if not training.report():
         return 0
     last = logger.records[-1]
     if "test_nll" not in last:  # resumed after the last epoch's evaluation was skipped

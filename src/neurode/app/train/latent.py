@@ -19,21 +19,16 @@ from pathlib import Path
 
 import torch
 
-from neurode.gradients.registry import gradient_names
 from neurode.nn.latent import LatentODE
 
 from ..data.spirals import Spirals, make_spirals
+from . import loop
 from .common import is_main_process, plot_curves
-from .loop import EpochLoop, add_run_arguments, start_run
-
-GRADIENTS = tuple(gradient_names())
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="neurode train latent",
-        description="Train a latent ODE on irregularly sampled spirals.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = loop.trainer_parser(
+        "neurode train latent", "Train a latent ODE on irregularly sampled spirals."
     )
     p.add_argument("--data", default="spirals", choices=["spirals"])
     p.add_argument("--epochs", type=int, default=100)
@@ -53,34 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dec-hidden", type=int, default=20)
     p.add_argument("--obs-std", type=float, default=0.3, help="likelihood std")
     p.add_argument("--kl-warmup", type=int, default=0, help="epochs of linear KL annealing")
-    p.add_argument("--gradient", default="checkpoint", choices=GRADIENTS)
-    p.add_argument(
-        "--method",
-        default=None,
-        help="solver (default: rk4 with --steps > 0, dopri5 with --steps 0, alf with "
-        "--gradient reversible)",
+    loop.add_solver_arguments(
+        p,
+        gradient="checkpoint",
+        steps=0,
+        steps_help="fixed steps per grid interval (0, the default: adaptive, outputs interpolated)",
+        rtol=1e-5,
+        atol=1e-6,
     )
-    p.add_argument(
-        "--steps",
-        type=int,
-        default=0,
-        help="fixed steps per grid interval (0, the default: adaptive, outputs interpolated)",
-    )
-    p.add_argument("--rtol", type=float, default=1e-5)
-    p.add_argument("--atol", type=float, default=1e-6)
-    add_run_arguments(p, "runs/latent-spirals")
+    loop.add_run_arguments(p, "runs/latent-spirals")
     return p
-
-
-def solver_settings(args) -> dict:
-    fixed = bool(args.steps and args.steps > 0)
-    method = args.method or (
-        "alf" if args.gradient == "reversible" else ("rk4" if fixed else "dopri5")
-    )
-    options = {"steps": args.steps} if fixed else {}
-    return dict(
-        method=method, rtol=args.rtol, atol=args.atol, options=options, gradient=args.gradient
-    )
 
 
 def build_model(args) -> LatentODE:
@@ -92,7 +69,7 @@ def build_model(args) -> LatentODE:
         ode_hidden=args.ode_hidden,
         dec_hidden=args.dec_hidden,
         obs_std=args.obs_std,
-        **solver_settings(args),
+        **loop.solver_settings(args),
     )
 
 
@@ -181,12 +158,14 @@ def main(argv: list[str]) -> int:
         data["train"], data["test"] = make_data(args, device)
         return len(data["train"])
 
-    run = start_run(args, lambda device: build_model(args).to(device), load, "runs/latent-spirals")
+    run = loop.start_run(
+        args, lambda device: build_model(args).to(device), load, "runs/latent-spirals"
+    )
     train, test = data["train"], data["test"]
     model, opt, sched = run.model, run.optimizer, run.scheduler
     out_dir, device, logger = run.out_dir, run.device, run.logger
 
-    s = solver_settings(args)
+    s = loop.solver_settings(args)
     n_params = sum(q.numel() for q in model.parameters())
     print(
         f"latent ODE on spirals: {len(train)} train / {len(test)} test trajectories, "
@@ -196,14 +175,14 @@ def main(argv: list[str]) -> int:
         f"gradient={args.gradient}; device {device}"
     )
     x_all, m_all, t_win = train.window()
-    loop = EpochLoop(run, args)
-    for epoch in loop.epochs():
+    training = loop.EpochLoop(run, args)
+    for epoch in training.epochs():
         model.train()
         kl_w = min(1.0, epoch / args.kl_warmup) if args.kl_warmup > 0 else 1.0
         perm = torch.randperm(len(train), device=device)
         sums = {"elbo": 0.0, "log_lik": 0.0, "kl": 0.0, "mse": 0.0}
         count, nfe_f, nfe_b = 0, 0, 0
-        for it in loop.iterations():
+        for it in training.iterations():
             idx = perm[it * args.batch_size : (it + 1) * args.batch_size]
             elbo, parts = model.elbo(x_all[idx], m_all[idx], t_win, kl_weight=kl_w)
             opt.zero_grad(set_to_none=True)
@@ -218,11 +197,11 @@ def main(argv: list[str]) -> int:
             for k in ("log_lik", "kl", "mse"):
                 sums[k] += parts[k] * b
             count += b
-            loop.bar.set_postfix(elbo=f"{float(elbo.detach()):.1f}")
-        train_time, elapsed = loop.train_seconds, loop.elapsed
+            training.bar.set_postfix(elbo=f"{float(elbo.detach()):.1f}")
+        train_time, elapsed = training.train_seconds, training.elapsed
         model.eval()
         ev = evaluate(model, test)
-        n_it = loop.iters
+        n_it = training.iters
         rec = {
             "epoch": epoch,
             **{k: v / max(count, 1) for k, v in sums.items()},
@@ -241,8 +220,8 @@ def main(argv: list[str]) -> int:
             f"[{train_time:.0f} s, {elapsed / 60:.1f} min]",
             flush=True,
         )
-        loop.save()
-    if not loop.report():
+        training.save()
+    if not training.report():
         return 0
     last = logger.records[-1]
     summary = {

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+from neurode.gradients.registry import gradient_names
+
 from .common import (
     MetricsLogger,
     is_main_process,
@@ -35,6 +37,50 @@ from .common import (
     save_training_state,
     set_seed,
 )
+
+
+def trainer_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """The parser of one ``neurode train <model>`` subcommand (defaults shown in ``--help``)."""
+    return argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+
+
+def add_solver_arguments(
+    p: argparse.ArgumentParser,
+    *,
+    gradient: str,
+    steps: int,
+    steps_help: str,
+    rtol: float,
+    atol: float,
+) -> None:
+    """``--gradient``, ``--method``, ``--steps``, ``--rtol``, ``--atol``, read by
+    :func:`solver_settings`."""
+    p.add_argument("--gradient", default=gradient, choices=tuple(gradient_names()))
+    p.add_argument(
+        "--method",
+        default=None,
+        help="solver (default: rk4 with --steps > 0, dopri5 with --steps 0, alf with "
+        "--gradient reversible)",
+    )
+    p.add_argument("--steps", type=int, default=steps, help=steps_help)
+    p.add_argument("--rtol", type=float, default=rtol, help="adaptive tolerances")
+    p.add_argument("--atol", type=float, default=atol)
+
+
+def solver_settings(args: argparse.Namespace) -> dict:
+    """The model's solve configuration from :func:`add_solver_arguments`' options:
+    fixed steps when ``--steps`` > 0, otherwise adaptive; ALF for the reversible
+    gradient unless ``--method`` names another solver."""
+    fixed = bool(args.steps and args.steps > 0)
+    method = args.method or (
+        "alf" if args.gradient == "reversible" else ("rk4" if fixed else "dopri5")
+    )
+    options = {"steps": args.steps} if fixed else {}
+    return dict(
+        method=method, rtol=args.rtol, atol=args.atol, options=options, gradient=args.gradient
+    )
 
 
 def add_run_arguments(p: argparse.ArgumentParser, out_default: str) -> None:
