@@ -22,7 +22,16 @@ from .errors import (
 )
 from .events import odeint_event
 from .gradients import Adjoint, Checkpoint, Direct, GradientMethod, ReversibleGradient
-from .odeint import METHODS, Solution, odeint, odeint_adjoint, solve
+from .odeint import (
+    METHODS,
+    GradientLike,
+    MethodLike,
+    Solution,
+    TimesLike,
+    odeint,
+    odeint_adjoint,
+    solve,
+)
 from .solvers import ALF, ButcherTableau, ImplicitRK, Reversible, RungeKutta, Solver
 
 __version__ = "0.1.0"
@@ -34,11 +43,13 @@ __all__ = [
     "Checkpoint",
     "Direct",
     "FunctionOutputError",
+    "GradientLike",
     "GradientMethod",
     "InvalidOptionError",
     "InvalidStateError",
     "InvalidTimesError",
     "METHODS",
+    "MethodLike",
     "ImplicitRK",
     "MaxStepsExceededError",
     "NewtonConvergenceError",
@@ -50,6 +61,7 @@ __all__ = [
     "Solution",
     "SolveConfig",
     "SolveStats",
+    "TimesLike",
     "Solver",
     "StepSizeUnderflowError",
     "UnknownMethodError",

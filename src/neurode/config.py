@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
 
-from .odeint import Solution, solve
+from .odeint import GradientLike, MethodLike, Solution, solve
 
 
 @dataclass
@@ -17,11 +16,11 @@ class SolveConfig:
     replace fields for one call, e.g. ``gradient=...``).
     """
 
-    method: Any = None
+    method: MethodLike = None
     rtol: float = 1e-7
     atol: float = 1e-9
     options: dict = field(default_factory=dict)
-    gradient: Any = "direct"
+    gradient: GradientLike = "direct"
 
     def __post_init__(self):
         self.options = dict(self.options or {})

@@ -10,6 +10,7 @@ from torch import Tensor
 from ._inputs import check_state as _state
 from ._inputs import check_times as _times
 from ._loop import Field, SolveStats, integrate
+from .odeint import MethodLike
 from .solvers.base import ReversibleSolver
 from .solvers.controller import resolve_control
 from .solvers.registry import resolve_solver
@@ -45,7 +46,7 @@ def reconstruction_error(
     y0: Tensor,
     t,
     *,
-    method="dopri5",
+    method: MethodLike = "dopri5",
     rtol: float = 1e-7,
     atol: float = 1e-9,
     options: dict | None = None,

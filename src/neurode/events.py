@@ -16,7 +16,7 @@ and ``dy(t*)/dθ`` gains ``f(t*, y(t*)) · dt*/dθ``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -30,6 +30,7 @@ from .errors import (
     MaxStepsExceededError,
     UnsupportedCombinationError,
 )
+from .odeint import GradientLike, MethodLike
 from .solvers.controller import FixedGrid, resolve_control
 from .solvers.registry import resolve_solver
 
@@ -54,17 +55,17 @@ def _scalar(g, where: str) -> float:
 def odeint_event(
     func: Callable,
     y0: Tensor,
-    t0,
+    t0: float | Tensor,
     *,
     event_fn: Callable,
     reverse_time: bool = False,
     t_max: float | None = None,
-    method=None,
+    method: MethodLike = None,
     rtol: float = 1e-7,
     atol: float = 1e-9,
     options: dict | None = None,
-    gradient="direct",
-    params=None,
+    gradient: GradientLike = "direct",
+    params: Sequence[Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Integrate from ``t0`` until ``event_fn(t, y)`` changes sign (torchdiffeq's ``odeint_event``).
 

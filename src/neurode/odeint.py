@@ -27,6 +27,14 @@ from .solvers.registry import method_names, resolve_solver
 from .solvers.scipy_solver import ScipySolver
 from .solvers.tableau import ButcherTableau
 
+#: What ``method=`` accepts: a registered name (``"dopri5"``, ``"alf:0.5"``,
+#: ``"reversible:rk4"``), a solver object, a tableau, or ``None`` (dopri5).
+MethodLike = str | Solver | ButcherTableau | None
+#: What ``gradient=`` accepts: a registered name, a gradient-method object, or ``None`` (direct).
+GradientLike = str | GradientMethod | None
+#: Output times: a 1-D tensor or a sequence of floats.
+TimesLike = Tensor | Sequence[float]
+
 METHODS = method_names()
 
 __all__ = [
@@ -59,13 +67,13 @@ class Solution:
 def solve(
     func: Callable,
     y0: Tensor | Sequence[Tensor],
-    t: Tensor | Sequence[float],
+    t: TimesLike,
     *,
-    method: str | Solver | ButcherTableau | None = None,
+    method: MethodLike = None,
     rtol: float = 1e-7,
     atol: float = 1e-9,
     options: dict | None = None,
-    gradient: str | GradientMethod | None = "direct",
+    gradient: GradientLike = "direct",
     params: Sequence[Tensor] | None = None,
 ) -> Solution:
     """Solve ``dy/dt = func(t, y)`` and return a :class:`Solution` with statistics.
@@ -127,13 +135,13 @@ def solve(
 def odeint(
     func: Callable,
     y0: Tensor | Sequence[Tensor],
-    t: Tensor | Sequence[float],
+    t: TimesLike,
     *,
-    method: str | Solver | ButcherTableau | None = None,
+    method: MethodLike = None,
     rtol: float = 1e-7,
     atol: float = 1e-9,
     options: dict | None = None,
-    gradient: str | GradientMethod | None = "direct",
+    gradient: GradientLike = "direct",
     params: Sequence[Tensor] | None = None,
     event_fn: Callable | None = None,
 ) -> Tensor | tuple[Tensor, ...]:
@@ -200,11 +208,11 @@ def odeint(
 def odeint_adjoint(
     func: Callable,
     y0: Tensor | Sequence[Tensor],
-    t: Tensor | Sequence[float],
+    t: TimesLike,
     *,
     rtol: float = 1e-7,
     atol: float = 1e-9,
-    method: str | Solver | ButcherTableau | None = None,
+    method: MethodLike = None,
     options: dict | None = None,
     adjoint_rtol: float | None = None,
     adjoint_atol: float | None = None,

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from .._loop import SolveStats
 from ..config import Configured, SolveConfig
+from ..odeint import GradientLike, MethodLike
 
 __all__ = [
     "CNF",
@@ -247,11 +248,11 @@ class CNFBlock(Configured, nn.Module):
         dynamics: CNFDynamics,
         T: float = 1.0,
         *,
-        method="dopri5",
+        method: MethodLike = "dopri5",
         rtol: float = 1e-5,
         atol: float = 1e-5,
         options: dict | None = None,
-        gradient="direct",
+        gradient: GradientLike = "direct",
     ):
         super().__init__()
         self.dynamics = dynamics
@@ -329,11 +330,11 @@ class CNF(nn.Module):
         trace: str = "auto",
         noise: str = "rademacher",
         activation: str = "tanh",
-        method="dopri5",
+        method: MethodLike = "dopri5",
         rtol: float = 1e-5,
         atol: float = 1e-5,
         options: dict | None = None,
-        gradient="direct",
+        gradient: GradientLike = "direct",
         kinetic: float = 0.0,
         jacobian: float = 0.0,
         nets: Sequence[nn.Module] | None = None,

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from ..odeint import GradientLike, MethodLike
 from .odeblock import ODEBlock
 
 __all__ = [
@@ -152,11 +153,11 @@ class _ODEClassifier(nn.Module):
         strides: Sequence[int] | None = None,
         norm: str = "batch",
         time: bool = False,
-        method="rk2",
+        method: MethodLike = "rk2",
         steps: int | None = 2,
         step_size: float | None = None,
         t1: float = 1.0,
-        gradient="checkpoint",
+        gradient: GradientLike = "checkpoint",
         recompute: bool = False,
         rtol: float = 1e-3,
         atol: float = 1e-4,
@@ -221,8 +222,8 @@ class _ODEClassifier(nn.Module):
     def set_solver(
         self,
         *,
-        gradient=None,
-        method=None,
+        gradient: GradientLike = None,
+        method: MethodLike = None,
         steps: int | None = None,
         recompute: bool | None = None,
     ) -> _ODEClassifier:

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 from .._loop import SolveStats
 from ..config import Configured, SolveConfig
 from ..gradients.recompute import recompute
+from ..odeint import GradientLike, MethodLike
 
 
 class ODEBlock(Configured, nn.Module):
@@ -43,12 +44,12 @@ class ODEBlock(Configured, nn.Module):
         t0: float = 0.0,
         t1: float = 1.0,
         *,
-        method="rk4",
+        method: MethodLike = "rk4",
         steps: int | None = None,
         step_size: float | None = None,
         rtol: float = 1e-3,
         atol: float = 1e-4,
-        gradient="checkpoint",
+        gradient: GradientLike = "checkpoint",
         recompute: bool = False,
         options: dict | None = None,
     ):
