@@ -162,7 +162,9 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--long-steps", type=int, default=100)
-    ap.add_argument("--out", type=Path, default=RESULTS / "reversible_rk.json")
+    ap.add_argument(
+        "--out", type=Path, default=None, help="JSON (default results/reversible_rk[-quick].json)"
+    )
     args = ap.parse_args(argv)
     if args.worker:
         print(TAG + json.dumps(worker(json.loads(args.worker))), flush=True)
@@ -262,10 +264,10 @@ def main(argv=None) -> int:
             )
         result["problems"][name] = row
     result["elapsed_s"] = time.perf_counter() - start
-    if not q:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
-        print(f"wrote {args.out} ({result['elapsed_s']:.0f} s)")
+    out = args.out or RESULTS / ("reversible_rk-quick.json" if q else "reversible_rk.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {out} ({result['elapsed_s']:.0f} s)")
     return 0
 
 

@@ -107,3 +107,41 @@ def test_sweep_skips_by_predicted_memory():
     met = {c["target"]: c["met"] for c in a["checks"]}
     assert met["checkpoint peak <= N_t*S + 2L at every N_t"] is True
     assert met["checkpoint time <= 1.4x direct (median over N_t)"] is True
+
+
+@pytest.mark.slow
+def test_outputs_quick(tmp_path):
+    out = tmp_path / "outputs.json"
+    _run("outputs.py", "--out", str(out), "--plot", str(tmp_path / "outputs.png"))
+    data = json.loads(out.read_text())
+    assert data["benchmark"] == "outputs" and data["quick"] is True
+    assert (tmp_path / "outputs.png").stat().st_size > 0
+    ours = [r for r in data["results"] if r["library"] == "neurode" and r["available"]]
+    assert ours, "neurode has no rows"
+    for r in ours:
+        # forward+backward rows count both directions, so they are never below forward
+        assert 0 < r["nfe_forward"] <= r["nfe_total"]
+        assert r["max_error"] < 1.0  # rtol 1e-3 on an O(1) solution
+    assert all({"target", "value", "met"} <= set(c) for c in data["checks"])
+
+
+@pytest.mark.slow
+def test_reversible_rk_quick(tmp_path):
+    out = tmp_path / "reversible_rk.json"
+    _run("reversible_rk.py", "--out", str(out))
+    data = json.loads(out.read_text())
+    assert data["benchmark"] == "reversible_rk" and data["quick"] is True
+    assert set(data["problems"]) == {"mlp", "conv"}
+    for problem in data["problems"].values():
+        assert {"fused-revrk4", "direct-revrk4"} <= set(problem["configs"])
+
+
+@pytest.mark.slow
+def test_stiff_quick(tmp_path):
+    out = tmp_path / "stiff.json"
+    _run("stiff.py", "--out", str(out))
+    data = json.loads(out.read_text())
+    assert data["benchmark"] == "stiff" and data["quick"] is True
+    rows = data["forward"]
+    assert rows and all(r["problem"] == "robertson" for r in rows)
+    assert {"scipy", "neurode"} <= {r["library"] for r in rows}
