@@ -50,6 +50,7 @@ EXACT_TUNABLES = "glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=65536"
 TAG = "REVERSIBLE_RK_RESULT "
 BUDGETS = (1, 2, 3, 4, 8)
 LONG_BUDGETS = (2, 3, 4, 8)  # the longer solve, where recursive checkpointing recomputes more
+QUICK_BUDGETS = (1, 8)  # --quick: two budgets, so the smoke test starts few processes
 
 
 class Unfused(neurode.Reversible):
@@ -174,10 +175,11 @@ def main(argv=None) -> int:
     steps = 4 if q else args.steps
     rounds = args.rounds or (2 if q else 9)
     start = time.perf_counter()
+    budgets, long_budgets = (QUICK_BUDGETS, QUICK_BUDGETS[-1:]) if q else (BUDGETS, LONG_BUDGETS)
     keys = ["direct-revrk4", "fused-revrk4", "unfused-revrk4", "direct-rk4"] + [
-        f"checkpoint-{c}-rk4" for c in BUDGETS
+        f"checkpoint-{c}-rk4" for c in budgets
     ]
-    long_keys = ["fused-revrk4"] + [f"checkpoint-{c}-rk4" for c in LONG_BUDGETS]
+    long_keys = ["fused-revrk4"] + [f"checkpoint-{c}-rk4" for c in long_budgets]
     long_steps = 8 if q else args.long_steps
     long_rounds = 1 if q else 3
     result = {
@@ -236,8 +238,8 @@ def main(argv=None) -> int:
         fused_mb = row["configs"]["fused-revrk4"]["peak_mb"]
         # the largest budget whose memory does not exceed the fused reversible gradient's
         # (else the smallest budget), and its time over the fused gradient's
-        fits = [c for c in BUDGETS if row["configs"][f"checkpoint-{c}-rk4"]["peak_mb"] <= fused_mb]
-        c_eq = max(fits) if fits else min(BUDGETS)
+        fits = [c for c in budgets if row["configs"][f"checkpoint-{c}-rk4"]["peak_mb"] <= fused_mb]
+        c_eq = max(fits) if fits else min(budgets)
         row["equal_memory_budget"] = c_eq
         row["equal_memory_budget_fits"] = bool(fits)
         row["checkpoint_at_equal_memory_over_fused"] = row["configs"][f"checkpoint-{c_eq}-rk4"][
