@@ -342,3 +342,30 @@ def test_grid_constructor_gives_the_grid():
         neurode.odeint(
             linear, Y0, ts, method="rk4", options=dict(grid_constructor=constructor, step_size=0.1)
         )
+
+
+@pytest.mark.parametrize("name", ["dopri5", "tsit5"])
+def test_many_outputs_in_one_step_equal_one_at_a_time(name):
+    # The polynomial interpolant evaluates several outputs of one step as one matrix
+    # product; it must give each output's own y0 + h Σ bᵢ(θ) kᵢ, values and gradients.
+    from neurode.solvers.base import Polynomial, combine
+    from neurode.solvers.dense import dense_weights
+
+    torch.manual_seed(0)
+    w = dense_weights(name)
+    s = len(w(0.5))
+    y0 = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    ks = [torch.randn(3, 4, dtype=torch.float64, requires_grad=True) for _ in range(s)]
+    thetas = [0.1, 0.35, 0.8, 1.0]
+    many = Polynomial(w, 0.3, y0, ks, order=4).values(thetas)
+    one = [combine(y0, 0.3, w(th), ks) for th in thetas]
+    for a, b in zip(many, one):
+        # a different summation order: a few ulps of O(1) values
+        assert torch.allclose(a, b, rtol=0, atol=1e-14)
+    cot = [torch.randn(3, 4, dtype=torch.float64) for _ in thetas]
+    ga = torch.autograd.grad(many, [y0, *ks], cot, allow_unused=True)
+    gb = torch.autograd.grad(one, [y0, *ks], cot, allow_unused=True)  # None: weight 0 (dopri5's k2)
+    for a, b, k in zip(ga, gb, [y0, *ks]):
+        a = torch.zeros_like(k) if a is None else a
+        b = torch.zeros_like(k) if b is None else b
+        assert torch.allclose(a, b, rtol=0, atol=1e-14)

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import Configured, SolveConfig
+from ..odeint import GradientLike, MethodLike
 
 __all__ = ["GRUEncoder", "LatentODE", "ODERNNEncoder", "ODEFunc"]
 
@@ -76,16 +77,30 @@ class GRUEncoder(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         mask = _check_inputs(x, mask, t)
-        b, n, _ = x.shape
-        h = x.new_zeros(b, self.hidden)
+        b, n, d = x.shape
         t = t.to(x.dtype)
-        t_prev = t[-1].expand(b)  # time of the last observation read
-        for i in range(n - 1, -1, -1):
-            m = mask[:, i : i + 1]
-            gap = (t_prev - t[i]).unsqueeze(1)
-            h_new = self.cell(torch.cat([x[:, i], gap], 1), h)
-            h = m * h_new + (1 - m) * h
-            t_prev = torch.where(m[:, 0] > 0, t[i].expand(b), t_prev)
+        observed = mask > 0
+        lengths = observed.sum(1)
+        # each trajectory's observed grid indices, latest first (unobserved ones after them)
+        grid = torch.arange(n, device=x.device).expand(b, n)
+        idx = torch.where(observed, grid, -1).sort(dim=1, descending=True, stable=True).values
+        idx = idx.clamp(min=0)
+        ts = t[idx]
+        gaps = torch.cat([t[-1].expand(b, 1), ts[:, :-1]], 1) - ts
+        inp = torch.cat([x.gather(1, idx.unsqueeze(-1).expand(b, n, d)), gaps.unsqueeze(-1)], -1)
+        # One fused GRU pass over the sequences of observations (padded at the end to
+        # the longest), with this cell's weights: the same recurrence as calling
+        # ``self.cell`` once per observation, without a Python step per grid point.
+        # Each trajectory's state is the output after its own last observation; one
+        # without observations keeps the zero state.
+        steps = max(int(lengths.max()), 1)
+        c = self.cell
+        weights = [c.weight_ih, c.weight_hh, c.bias_ih, c.bias_hh]
+        h0 = x.new_zeros(1, b, self.hidden)
+        out, _ = torch.gru(inp[:, :steps], h0, weights, True, 1, 0.0, self.training, False, True)
+        last = (lengths - 1).clamp(min=0).view(b, 1, 1).expand(b, 1, self.hidden)
+        h = out.gather(1, last).squeeze(1)
+        h = torch.where((lengths > 0).unsqueeze(1), h, torch.zeros_like(h))
         mu, logvar = self.out(h).chunk(2, dim=1)
         return mu, logvar
 
@@ -106,11 +121,11 @@ class ODERNNEncoder(Configured, nn.Module):
         hidden: int = 25,
         ode_hidden: int = 32,
         *,
-        method="rk4",
+        method: MethodLike = "rk4",
         rtol: float = 1e-5,
         atol: float = 1e-6,
         options: dict | None = None,
-        gradient="direct",
+        gradient: GradientLike = "direct",
     ):
         super().__init__()
         self.cell = nn.GRUCell(obs_dim, hidden)
@@ -161,11 +176,11 @@ class LatentODE(Configured, nn.Module):
         ode_hidden: int = 20,
         dec_hidden: int = 20,
         obs_std: float = 0.3,
-        method="rk4",
+        method: MethodLike = "rk4",
         rtol: float = 1e-5,
         atol: float = 1e-6,
         options: dict | None = None,
-        gradient="checkpoint",
+        gradient: GradientLike = "checkpoint",
     ):
         super().__init__()
         if encoder == "gru":

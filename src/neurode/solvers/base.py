@@ -173,6 +173,10 @@ class Quadratic(Interpolant):
         return out
 
 
+#: from this many outputs in one step on, a polynomial interpolant evaluates them together
+_BATCHED = 3
+
+
 class Polynomial(Interpolant):
     """A continuous extension ``y₀ + h Σ bᵢ(θ) kᵢ`` from the step's own stages."""
 
@@ -181,7 +185,16 @@ class Polynomial(Interpolant):
         self.order = order
 
     def values(self, thetas: Sequence[float]) -> list[Tensor]:
-        return [combine(self.y0, self.h, self.weights(float(th)), self.ks) for th in thetas]
+        if len(thetas) < _BATCHED or not isinstance(self.y0, Tensor):
+            return [combine(self.y0, self.h, self.weights(float(th)), self.ks) for th in thetas]
+        # Several outputs in one step: one (m × s)·(s × N) product instead of m·s
+        # multiply-adds, forward and backward alike.
+        y0 = self.y0
+        w = torch.tensor(
+            [self.weights(float(th)) for th in thetas], dtype=y0.dtype, device=y0.device
+        )
+        ys = torch.tensordot(w * self.h, torch.stack(tuple(self.ks)), dims=1).add_(y0)
+        return list(ys.unbind(0))
 
 
 class ReversibleSolver(Solver):
