@@ -62,3 +62,14 @@ def test_fixed_grid_calls_accept_for_every_step():
     f = Field()
     neurode.odeint(f, torch.ones(2, dtype=DT), [0.0, 1.0], method="rk4", options=dict(steps=7))
     assert len(f.log["step"]) == len(f.log["accept"]) == 7 and f.log["reject"] == []
+
+
+def test_a_callback_that_is_never_called_warns():
+    # a fixed grid rejects nothing, and scipy takes its steps out of reach: say so
+    f = Field()
+    with pytest.warns(UserWarning, match="callback_reject_step is never called"):
+        neurode.odeint(f, torch.ones(2, dtype=DT), [0.0, 1.0], method="rk4", options=dict(steps=3))
+    f = Field()
+    with torch.no_grad(), pytest.warns(UserWarning, match="scipy_solver never calls"):
+        ys = neurode.odeint(f, torch.ones(2, dtype=DT), [0.0, 1.0], method="scipy_solver")
+    assert ys.shape == (2, 2) and f.log["step"] == f.log["accept"] == []

@@ -455,3 +455,16 @@ def test_docs_example_runs():
     exec(compile(code, "docs/stiff.md", "exec"), scope)
     assert abs(float(scope["ys"][-1, 2]) - 0.8927) < 1e-3
     assert scope["solver"].stats.newton_failures == 0
+
+
+@pytest.mark.parametrize("name", ["gl4", "kvaerno4"])
+def test_backward_twice_with_retain_graph_gives_the_same_gradient(name):
+    # the implicit-function-theorem node must survive a first backward when the
+    # graph is retained (torch.autograd.gradcheck and double-loss code do this)
+    f, W, b = _field()
+    y0 = torch.tensor(Y0, dtype=F64, requires_grad=True)
+    ys = odeint(f, y0, torch.tensor(TIMES, dtype=F64), method=name, options=dict(steps=3))
+    loss = _loss(ys)
+    g1 = torch.autograd.grad(loss, (y0, W, b), retain_graph=True)
+    g2 = torch.autograd.grad(loss, (y0, W, b))
+    assert all(torch.equal(a, c) for a, c in zip(g1, g2))

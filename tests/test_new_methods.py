@@ -518,3 +518,15 @@ def test_scipy_solver_as_the_adjoints_backward_solver():
     assert rel(g, g_ref) < 1e-8
     with pytest.raises(UnsupportedCombinationError):
         ScipySolver().step(LINEAR2, 0.0, 0.1, (Y0.clone().requires_grad_(True),))
+
+
+def test_scipy_solver_max_step_inf_and_a_single_time():
+    kw = dict(method="scipy_solver", rtol=1e-9, atol=1e-11)
+    ys = neurode.odeint(LINEAR2, Y0, T5, options=dict(solver="RK45", max_step=math.inf), **kw)
+    assert float((ys - LINEAR2.exact(Y0, T5)).abs().max()) < 1e-8
+    # one output time: no solve, so y0 and its gradient, as with every other method
+    y0 = Y0.clone().requires_grad_(True)
+    (y,) = neurode.odeint(LINEAR2, y0, T5[:1], **kw)
+    assert torch.equal(y, Y0)
+    (g,) = torch.autograd.grad(y.sum(), y0)
+    assert torch.equal(g, torch.ones_like(Y0))

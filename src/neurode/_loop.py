@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -323,6 +324,12 @@ def integrate(
     if callbacks is None:
         callbacks = Callbacks.of(f, "")
     fixed = isinstance(control, FixedGrid)
+    if fixed and callbacks.reject is not None:
+        warnings.warn(
+            "a fixed grid rejects no step: func's callback_reject_step is never called",
+            UserWarning,
+            stacklevel=4,
+        )
     dense_outputs = not control.exact_outputs and (control.dense if fixed else solver.interpolates)
     interp = control.interp if fixed and control.interp == "linear" else "auto"
     traj = Trajectory(interp=interp)

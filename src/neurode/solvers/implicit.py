@@ -334,9 +334,9 @@ class _StageGradient(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, g: Tensor):  # noqa: D102
-        lam = ctx.solve_t(g)
-        ctx.solve_t = None
-        return lam, None, None
+        # solve_t stays: a backward with retain_graph=True may come again (it holds
+        # F's graph, which autograd frees with this node)
+        return ctx.solve_t(g), None, None
 
 
 # ---------------------------------------------------------------------------

@@ -21,6 +21,7 @@ imported on first use only (it is not a dependency of the library).
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import Tensor
@@ -87,9 +88,10 @@ class ScipySolver(Solver):
         self.solver = solver
         self.rtol, self.atol = rtol, atol
         self.kwargs = {}
-        for key, value in (("first_step", first_step), ("max_step", max_step)):
-            if value is not None:
-                self.kwargs[key] = _positive(key, value)
+        if first_step is not None:
+            self.kwargs["first_step"] = _positive("first_step", first_step)
+        if max_step is not None:  # inf: no bound (solve_ivp's own default)
+            self.kwargs["max_step"] = _positive("max_step", max_step, allow_inf=True)
         if min_step is not None:
             self.kwargs["min_step"] = _positive("min_step", value=min_step, allow_zero=True)
 
@@ -127,6 +129,13 @@ class ScipySolver(Solver):
         if rtol == 0 and atol == 0:
             raise InvalidOptionError("rtol and atol cannot both be 0")
         solve_ivp = _solve_ivp()  # a missing scipy fails before f runs
+        if len(times) == 1:  # no solve: y0 itself, and its gradient, as every method gives
+            ys = y0[None]
+            if field.structure is not None:
+                shapes, numels = field.structure
+                return tuple(p.reshape(1, *s) for p, s in zip(ys.split(numels, dim=1), shapes))
+            return ys
+        _warn_uncalled_callbacks(field)
         if torch.is_grad_enabled():
             asked = [q for q in (y0, *inputs) if isinstance(q, Tensor) and q.requires_grad]
             if asked:
@@ -142,10 +151,7 @@ class ScipySolver(Solver):
                     f"f uses {len(used)} tensor(s) that require grad (shapes {shapes}"
                     f"{', ...' if len(used) > 3 else ''}), but {_WHY}"
                 )
-        if len(times) == 1:
-            ys = y0.detach()[None]
-        else:
-            ys = self._run(solve_ivp, field, y0, times, rtol, atol).reshape(len(times), *y0.shape)
+        ys = self._run(solve_ivp, field, y0, times, rtol, atol).reshape(len(times), *y0.shape)
         if field.structure is not None:  # a tuple state: odeint's flat layout back to a tuple
             shapes, numels = field.structure
             parts = ys.split(numels, dim=1)
@@ -195,15 +201,33 @@ class ScipySolver(Solver):
         return (ys[-1].reshape(y.shape),), None
 
 
-def _positive(name: str, value, allow_zero: bool = False) -> float:
+def _warn_uncalled_callbacks(field) -> None:
+    """scipy takes its steps out of reach: ``func``'s step callbacks are never called."""
+    func = getattr(field, "func", None)
+    names = [
+        f"callback_{n}"
+        for n in ("step", "accept_step", "reject_step")
+        if callable(getattr(func, f"callback_{n}", None))
+    ]
+    if names:
+        warnings.warn(
+            f"scipy_solver never calls func.{', func.'.join(names)}: scipy's solve_ivp takes "
+            "the steps; use a neurode method (e.g. 'dopri5') for step callbacks",
+            UserWarning,
+            stacklevel=4,
+        )
+
+
+def _positive(name: str, value, allow_zero: bool = False, allow_inf: bool = False) -> float:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     if ok:
         value = float(value)
-        ok = math.isfinite(value) and (value > 0 or (allow_zero and value == 0))
+        finite = math.isfinite(value) or (allow_inf and value == math.inf)
+        ok = finite and (value > 0 or (allow_zero and value == 0))
     if not ok:
+        kind = "a number" if allow_inf else "a finite number"
         raise InvalidOptionError(
-            f"option {name} must be a finite number {'>= 0' if allow_zero else '> 0'}, "
-            f"got {value!r}"
+            f"option {name} must be {kind} {'>= 0' if allow_zero else '> 0'}, got {value!r}"
         )
     return value
 
