@@ -97,3 +97,68 @@ def test_every_train_command_accepts_the_registry_grammar():
     assert classify._is_reversible_method("reversible:rk4")
     assert not classify._is_reversible_method("rk4")
     assert cnf.GRADIENTS == latent.GRADIENTS == classify.GRADIENTS
+
+
+def _jump(t, x):  # f jumps at t = 0.5 (torchdiffeq's discontinuity example)
+    return -0.5 * x if t < 0.5 else x**2
+
+
+@pytest.mark.parametrize("method", ["midpoint", "rk4", "heun3", "trapezoid", "gl4"])
+def test_perturb_integrates_each_smooth_piece(method):
+    # perturb=True: a step's evaluations at its ends move one ulp inside it, so a grid
+    # point on the jump splits the solve into the two smooth pieces exactly
+    x0 = torch.tensor([0.3, 0.6], dtype=F64)
+    opts = dict(step_size=0.25)
+    whole = odeint(_jump, x0, torch.tensor([0.0, 1.0], dtype=F64), method=method,
+                   options={**opts, "perturb": True})  # fmt: skip
+    left = odeint(lambda t, x: -0.5 * x, x0, torch.tensor([0.0, 0.5], dtype=F64),
+                  method=method, options=opts)  # fmt: skip
+    right = odeint(lambda t, x: x**2, left[-1], torch.tensor([0.5, 1.0], dtype=F64),
+                   method=method, options=opts)  # fmt: skip
+    assert torch.allclose(whole[-1], right[-1], rtol=1e-14, atol=0)
+    if method in ("rk4", "trapezoid"):  # a stage at the step's end: it saw the other side
+        plain = odeint(_jump, x0, torch.tensor([0.0, 1.0], dtype=F64), method=method, options=opts)
+        assert (plain[-1] - right[-1]).abs().max() > 1e-6
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("gradient", ["checkpoint", "adjoint", "reversible"])
+def test_perturb_reaches_no_grid_point_forward_or_backward(gradient, dtype):
+    seen = []
+
+    def f(t, x):
+        seen.append(float(t))
+        return -x
+
+    x0 = torch.tensor([1.0, 2.0], dtype=dtype, requires_grad=True)
+    method = "alf" if gradient == "reversible" else "rk4"
+    xs = odeint(f, x0, torch.tensor([0.0, 1.0]), method=method, gradient=gradient,
+                options=dict(step_size=0.5, perturb=True))  # fmt: skip
+    xs.sum().backward()  # the replays (and the adjoint's backward solve) too
+    assert seen and not {0.0, 0.5, 1.0} & set(seen)
+
+
+def test_perturbed_gradients_are_exact():
+    # checkpoint replays the perturbed steps: its gradient is direct backprop's
+    lin = torch.nn.Linear(2, 2, dtype=F64)
+    x0 = torch.tensor([0.3, -0.2], dtype=F64, requires_grad=True)
+    t = torch.tensor([0.0, 0.4, 1.0], dtype=F64)
+
+    def f(t, x):
+        return torch.tanh(lin(x)) * (1.0 if t < 0.5 else -2.0)
+
+    out = {}
+    for gradient in ("direct", "checkpoint"):
+        xs = odeint(f, x0, t, method="rk4", gradient=gradient,
+                    options=dict(step_size=0.25, perturb=True))  # fmt: skip
+        out[gradient] = torch.autograd.grad(xs.pow(2).sum(), [x0, *lin.parameters()])
+    for a, b in zip(out["direct"], out["checkpoint"]):
+        assert torch.allclose(a, b, rtol=1e-13, atol=1e-15)
+
+
+def test_perturb_is_a_fixed_grid_option():
+    with pytest.raises(neurode.InvalidOptionError, match="jump_t"):
+        odeint(_jump, torch.ones(2), torch.tensor([0.0, 1.0]), options=dict(perturb=True))
+    with pytest.raises(neurode.InvalidOptionError, match="perturb"):
+        odeint(_jump, torch.ones(2), torch.tensor([0.0, 1.0]), method="rk4",
+               options=dict(step_size=0.5, perturb="yes"))  # fmt: skip

@@ -23,6 +23,7 @@ from .gradients.direct import Direct
 from .gradients.registry import resolve_gradient
 from .solvers.base import Solver
 from .solvers.controller import resolve_control
+from .solvers.perturb import perturbed
 from .solvers.registry import method_names, resolve_solver
 from .solvers.scipy_solver import ScipySolver
 from .solvers.tableau import ButcherTableau
@@ -97,6 +98,8 @@ def solve(
     if getattr(control, "grid_constructor", None) is not None:  # torchdiffeq's option
         t_arg = t if isinstance(t, Tensor) else torch.tensor(times, dtype=flat.dtype)
         control = control.with_grid(control.grid_constructor(func, y0, t_arg), times)
+    if getattr(control, "perturb", False):  # torchdiffeq's option: f seen from inside steps
+        solver = perturbed(solver, times[-1] - times[0])
     explicit = explicit_params(params)
     t_grad = isinstance(t, Tensor) and t.requires_grad and torch.is_grad_enabled()
     if t_grad and not isinstance(grad, Adjoint):

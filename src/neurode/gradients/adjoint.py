@@ -8,6 +8,7 @@ from torch import Tensor
 from .._loop import Callbacks, SolveStats, integrate
 from ..errors import InvalidOptionError, UnsupportedCombinationError
 from ..solvers.controller import Adaptive, resolve_control, rms_norm
+from ..solvers.perturb import perturbed
 from ..solvers.registry import resolve_solver
 from .base import FunctionMethod, Runner, forward_no_graph
 
@@ -101,6 +102,8 @@ class Adjoint(FunctionMethod):
                 return rms_norm(err / (torch.maximum(y0.abs(), y1.abs()) * rtol + atol))
 
             control.norm = norm
+        if getattr(control, "perturb", False) and not getattr(solver, "perturbed", False):
+            solver = perturbed(solver, p.times[0] - p.times[-1])  # the backward solve's sign
         return solver, control
 
     @property

@@ -107,6 +107,9 @@ class FixedGrid:
       ``t[0]`` to ``t[-1]``, outputs between its points interpolated; ``odeint``
       calls it and hands the points over as ``grid_points``.
     - neither: one step per output interval.
+    - ``perturb`` (torchdiffeq's): evaluations of ``f`` at either end of a step move
+      one ulp of the state's dtype into the step (``f`` at a grid point is then its
+      one-sided limit from inside the step: for ``f`` discontinuous at grid points).
     """
 
     step_size: float | None = None
@@ -116,8 +119,10 @@ class FixedGrid:
     interp: str = "linear"
     grid_constructor: Callable | None = None
     grid_points: tuple[float, ...] | None = None
+    perturb: bool = False
 
     def __post_init__(self):
+        object.__setattr__(self, "perturb", _flag("perturb", self.perturb))
         if self.step_size is not None and self.steps is not None:
             raise InvalidOptionError("give either step_size or steps, not both")
         if self.step_size is not None:
@@ -359,7 +364,10 @@ class Adaptive:
 
 
 _FIXED_OPTIONS = {"step_size", "steps", "grid_constructor"}
-_FIXED_ONLY = {"interp"}  # fixed-grid options that do not by themselves ask for a fixed grid
+_FIXED_ONLY = {
+    "interp",
+    "perturb",
+}  # fixed-grid options that do not by themselves ask for a fixed grid
 _ADAPTIVE_OPTIONS = {
     "first_step",
     "max_num_steps",
@@ -428,6 +436,13 @@ def resolve_control(solver, rtol, atol, options) -> FixedGrid | Adaptive:
             exact_outputs=options.get("exact_outputs", False),
             interp=options.get("interp", "linear"),
             grid_constructor=options.get("grid_constructor"),
+            perturb=options.get("perturb", False),
+        )
+    if options.get("perturb"):
+        raise InvalidOptionError(
+            f"option perturb applies to fixed grids (step_size/steps), where f may be "
+            f"discontinuous at grid points; adaptive {solver.name!r} does not take it: give "
+            f"a known discontinuity as jump_t instead"
         )
     if "interp" in options:
         raise InvalidOptionError(

@@ -26,6 +26,8 @@ from ..data import toy
 from . import loop
 from .common import is_main_process, plot_curves
 
+GRADIENTS = loop.GRADIENTS  # the --gradient choices
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = loop.trainer_parser(

@@ -25,6 +25,8 @@ from ..data.spirals import Spirals, make_spirals
 from . import loop
 from .common import is_main_process, plot_curves
 
+GRADIENTS = loop.GRADIENTS  # the --gradient choices
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = loop.trainer_parser(

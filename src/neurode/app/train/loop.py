@@ -38,6 +38,9 @@ from .common import (
     set_seed,
 )
 
+#: the gradient methods every trainer offers (the registry's names)
+GRADIENTS = tuple(gradient_names())
+
 
 def trainer_parser(prog: str, description: str) -> argparse.ArgumentParser:
     """The parser of one ``neurode train <model>`` subcommand (defaults shown in ``--help``)."""
@@ -57,7 +60,7 @@ def add_solver_arguments(
 ) -> None:
     """``--gradient``, ``--method``, ``--steps``, ``--rtol``, ``--atol``, read by
     :func:`solver_settings`."""
-    p.add_argument("--gradient", default=gradient, choices=tuple(gradient_names()))
+    p.add_argument("--gradient", default=gradient, choices=GRADIENTS)
     p.add_argument(
         "--method",
         default=None,
