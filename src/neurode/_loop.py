@@ -101,6 +101,10 @@ class Field:
         self.found: list[Tensor] = []
         self.stop: tuple[Tensor, ...] = ()  # params= entries: the walk stops at them
         self._evals = 0
+        # jump_t: a time at which f is discontinuous, at an end of this solve, is
+        # evaluated one ulp (of the state's dtype) inside it, its one-sided limit:
+        # {that end: the time f sees there}
+        self.sides: dict[float, float] = {}
 
     def __call__(self, t: float, y: Tensor) -> Tensor:
         if self.discover:
@@ -120,6 +124,10 @@ class Field:
         return tuple(p.view(s) for p, s in zip(y.split(numels), shapes))
 
     def _eval(self, t: float, y: Tensor) -> Tensor:
+        for end, seen in self.sides.items():  # a step landing there may miss it by an ulp
+            if abs(t - end) <= 4 * math.ulp(end):
+                t = seen
+                break
         if self.backward:
             self.stats.nfe_backward += 1
         else:

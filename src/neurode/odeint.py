@@ -110,29 +110,84 @@ def solve(
             f"would otherwise be silently zero)"
         )
     stats = SolveStats()
+    pieces = _pieces(times, getattr(control, "jump_t", ()), flat.dtype)
+    if len(pieces) > 1 and t_grad:
+        raise UnsupportedCombinationError(
+            "t requires grad together with jump_t; the solve is split at the jumps and "
+            "its time derivative is not given across them: pass t.detach()"
+        )
+    y, parts = flat, []
+    for seg, sides, rows in pieces:
+        ys = _solve_piece(
+            func, y, seg, sides, solver, control, grad, explicit, stats, structure, options,
+            t if t_grad else None,
+        )  # fmt: skip
+        parts.append(ys if rows is None else ys[rows])
+        y = ys[-1]
+    ys = parts[0] if len(parts) == 1 else torch.cat(parts)
+    if structure is not None:
+        shapes, numels = structure
+        ys = tuple(part.reshape(len(times), *s) for part, s in zip(ys.split(numels, dim=1), shapes))
+    ts = torch.tensor(times, dtype=torch.float64)
+    return Solution(ys=ys, ts=ts, stats=stats)
+
+
+def _pieces(times: list[float], jumps, dtype) -> list[tuple[list[float], dict, list | None]]:
+    """The solve split at the jump times strictly inside it (``jump_t``).
+
+    Each piece is ``(its times, {end at a jump: the time f sees there}, the rows of
+    its solution that are outputs)`` (``None``: all). At a jump, ``f`` is evaluated
+    one ulp inside the piece, its one-sided limit, as torchdiffeq does.
+    """
+    lo, hi = min(times[0], times[-1]), max(times[0], times[-1])
+    inside = sorted((j for j in jumps if lo < j < hi), reverse=times[-1] < times[0])
+    if not inside or len(times) == 1:
+        return [(times, {}, None)]
+    bounds = [times[0], *inside, times[-1]]
+    outputs = set(times)
+    pieces = []
+    for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+        mid = [tk for tk in times if min(a, b) < tk < max(a, b)]
+        seg = [a, *mid, b]
+        rows = ([0] if i == 0 else []) + list(range(1, len(mid) + 1))
+        if b in outputs:
+            rows.append(len(seg) - 1)
+        sides = {}
+        if i > 0:
+            sides[a] = _inside(a, b, dtype)
+        if i < len(bounds) - 2:
+            sides[b] = _inside(b, a, dtype)
+        pieces.append((seg, sides, rows))
+    return pieces
+
+
+def _inside(t: float, toward: float, dtype) -> float:
+    """The neighbour of ``t`` toward ``toward`` in ``dtype`` (the dtype f sees t in)."""
+    tt = torch.tensor(t, dtype=dtype)
+    return float(torch.nextafter(tt, torch.tensor(toward, dtype=dtype)))
+
+
+def _solve_piece(
+    func, flat, times, sides, solver, control, grad, explicit, stats, structure, options, t_in
+):
     field = Field(func, flat, stats, structure)
+    field.sides = sides
     field.stop = tuple(q for q in explicit if q.grad_fn is not None)
     rng = StepRNG(flat.device) if grad.preserve_rng else None
     problem = Problem(
         solver, field, flat, times, control, unique_tensors(explicit), stats,
         find_modules(func), dict(options or {}), rng,
     )  # fmt: skip
-    problem.t_input = t if t_grad else None
+    problem.t_input = t_in
     grad.check(problem)  # everything a configuration can get wrong raises before f runs
     if len(times) == 1:  # torchdiffeq: the solution at t0 alone is y0
-        ys = flat[None]
-    elif isinstance(grad, Direct) or not torch.is_grad_enabled():
+        return flat[None]
+    if isinstance(grad, Direct) or not torch.is_grad_enabled():
         # direct backprop records whatever the caller's grad mode records; without
         # gradients every method is a plain solve that still draws random numbers the way
         # the requested method would, so a later recompute (ODEBlock) can replay it
-        ys = Direct().solve(problem)
-    else:
-        ys = grad.solve(problem)
-    if structure is not None:
-        shapes, numels = structure
-        ys = tuple(part.reshape(len(times), *s) for part, s in zip(ys.split(numels, dim=1), shapes))
-    ts = torch.tensor(times, dtype=torch.float64)
-    return Solution(ys=ys, ts=ts, stats=stats)
+        return Direct().solve(problem)
+    return grad.solve(problem)
 
 
 def odeint(

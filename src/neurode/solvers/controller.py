@@ -268,6 +268,7 @@ class Adaptive:
     controller: str = "I"
     norm: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None
     exact_outputs: bool = False
+    jump_t: tuple[float, ...] = ()
 
     def __post_init__(self):
         self.rtol = _positive("rtol", self.rtol, allow_zero=True)
@@ -276,6 +277,7 @@ class Adaptive:
             raise InvalidOptionError("rtol and atol cannot both be 0")
         if self.first_step is not None:
             self.first_step = _positive("first_step", self.first_step)
+        self.jump_t = _times("jump_t", self.jump_t)
         self.max_steps = _count("max_steps", self.max_steps)
         self.min_step = _positive("min_step", self.min_step, allow_zero=True)
         self.max_step = float(self.max_step)
@@ -363,6 +365,21 @@ class Adaptive:
         return min(100 * h0, h1, self.max_step)
 
 
+def _times(name: str, value) -> tuple[float, ...]:
+    """A list of finite times (a tensor, a sequence or one number), sorted, no repeats."""
+    try:
+        if hasattr(value, "detach"):
+            value = value.detach().cpu().reshape(-1).tolist()
+        elif isinstance(value, (int, float)):
+            value = [value]
+        out = sorted({float(v) for v in value})
+    except (TypeError, ValueError):
+        raise InvalidOptionError(f"option {name} must be a list or 1-D tensor of times") from None
+    if not all(math.isfinite(v) for v in out):
+        raise InvalidOptionError(f"option {name} must hold finite times, got {out}")
+    return tuple(out)
+
+
 _FIXED_OPTIONS = {"step_size", "steps", "grid_constructor"}
 _FIXED_ONLY = {
     "interp",
@@ -378,6 +395,7 @@ _ADAPTIVE_OPTIONS = {
     "dfactor",
     "controller",
     "norm",
+    "jump_t",
 }
 OPTIONS = sorted(_FIXED_OPTIONS | _FIXED_ONLY | _ADAPTIVE_OPTIONS | {"max_steps", "exact_outputs"})
 
