@@ -227,3 +227,24 @@ def test_jump_t_errors():
         odeint(_jump, y0, t, options=dict(jump_t=[float("nan")]))
     with pytest.raises(neurode.UnsupportedCombinationError, match="jump_t"):
         odeint_adjoint(_jump, y0, t.clone().requires_grad_(True), options=dict(jump_t=[0.5]))
+
+
+@pytest.mark.parametrize("direction_aware", [True, False])
+def test_grid_constructor_grid_is_walked_back_by_the_adjoint(direction_aware):
+    # Euler on dx/dt = x over 10 grid steps: x(1) = 1.1^10, and the adjoint's backward
+    # Euler over the same grid reversed gives dx(1)/dx0 = 1.1^10 as well (before, the
+    # backward solve ignored the grid and took one step per output interval)
+    calls = []
+
+    def grid(f, y0, t):
+        calls.append(t.tolist())
+        a, b = (float(t[0]), float(t[-1])) if direction_aware else (0.0, 1.0)
+        return torch.linspace(a, b, 11, dtype=F64)
+
+    x0 = torch.tensor(1.0, dtype=F64, requires_grad=True)
+    xs = odeint_adjoint(lambda t, x: x, x0, torch.tensor([0.0, 1.0], dtype=F64),
+                        method="euler", options=dict(grid_constructor=grid))  # fmt: skip
+    assert abs(float(xs[1]) - 1.1**10) < 1e-12
+    xs[1].backward()
+    assert abs(float(x0.grad) - 1.1**10) < 1e-12
+    assert calls[0] == [0.0, 1.0] and calls[-1] == [1.0, 0.0]  # torchdiffeq's backward call

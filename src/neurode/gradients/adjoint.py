@@ -74,6 +74,14 @@ class Adjoint(FunctionMethod):
             rtol = self.rtol if self.rtol is not None else getattr(p.control, "rtol", 1e-7)
             atol = self.atol if self.atol is not None else getattr(p.control, "atol", 1e-9)
             control = resolve_control(solver, rtol, atol, opts)
+            if getattr(control, "grid_constructor", None) is not None:
+                # torchdiffeq calls it for the backward pass with the times reversed
+                t_rev = torch.tensor(p.times[::-1], dtype=p.y0.dtype)
+                points = control.grid_constructor(p.field.func, p.y0, t_rev)
+                if hasattr(points, "flip") and points.numel() > 1:
+                    if float(points[0]) == p.times[0] and float(points[-1]) == p.times[-1]:
+                        points = points.flip(0)  # the forward's grid: walk it back
+                control = control.with_grid(points, p.times[::-1])
             if self.options is not None and "norm" in self.options:
                 user_norm = control.norm
         elif isinstance(p.control, Adaptive):
@@ -156,8 +164,12 @@ class _AdjointRunner(Runner):
             for k in range(K, 0, -1):
                 s0 = torch.cat([self.outputs[k].reshape(-1), a, a_theta])
                 x0 = solver.init(aug, p.times[k], s0)
+                # a grid_constructor grid (over the whole solve) walked back one interval
+                ctl = control
+                if getattr(control, "grid_points", None) is not None:
+                    ctl = control.between(p.times[k], p.times[k - 1])
                 outs, _, _ = integrate(
-                    solver, aug, x0, [p.times[k], p.times[k - 1]], control, stats,
+                    solver, aug, x0, [p.times[k], p.times[k - 1]], ctl, stats,
                     callbacks=callbacks,
                 )  # fmt: skip
                 s1 = outs[-1]

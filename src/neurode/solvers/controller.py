@@ -179,6 +179,14 @@ class FixedGrid:
             )
         return dataclasses.replace(self, grid_constructor=None, grid_points=tuple(pts))
 
+    def between(self, t0: float, t1: float) -> FixedGrid:
+        """This ``grid_points`` grid cut to ``[t0, t1]`` (either order): its points strictly
+        inside, with ``t0`` and ``t1`` as ends (the adjoint walks a forward grid back
+        one output interval at a time)."""
+        lo, hi = min(t0, t1), max(t0, t1)
+        inner = sorted((g for g in self.grid_points if lo < g < hi), reverse=t1 < t0)
+        return dataclasses.replace(self, grid_points=(t0, *inner, t1))
+
     @property
     def dense(self) -> bool:
         """Whether outputs may fall inside steps (one grid over the whole solve)."""
