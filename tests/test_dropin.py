@@ -248,3 +248,19 @@ def test_grid_constructor_grid_is_walked_back_by_the_adjoint(direction_aware):
     xs[1].backward()
     assert abs(float(x0.grad) - 1.1**10) < 1e-12
     assert calls[0] == [0.0, 1.0] and calls[-1] == [1.0, 0.0]  # torchdiffeq's backward call
+
+
+def test_one_argument_norm_sees_a_tuple_state_as_a_tuple():
+    # torchdiffeq's norm(x) of the scaled error gets the state's own structure
+    seen = []
+
+    def norm(x):
+        seen.append(tuple(p.shape for p in x) if isinstance(x, tuple) else x.shape)
+        return torch.cat([p.reshape(-1) for p in x]).pow(2).mean().sqrt()
+
+    y0 = (torch.tensor(1.0, dtype=F64), torch.full((2, 2), 0.5, dtype=F64))
+    t = torch.tensor([0.0, 1.0], dtype=F64)
+    ys = odeint(lambda t, y: (y[0], -y[1]), y0, t, options=dict(norm=norm))
+    ref = odeint(lambda t, y: (y[0], -y[1]), y0, t)  # the default RMS norm: the same steps
+    assert seen and set(seen) == {((), (2, 2))}
+    assert all(torch.equal(a, b) for a, b in zip(ys, ref))

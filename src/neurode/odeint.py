@@ -94,7 +94,7 @@ def solve(
         ys = solver.configured(options).solve(field, flat, times, rtol, atol, inputs)
         return Solution(ys=ys, ts=torch.tensor(times, dtype=torch.float64), stats=stats)
     grad = resolve_gradient(gradient)
-    control = resolve_control(solver, rtol, atol, options)
+    control = resolve_control(solver, rtol, atol, options, structure)
     if getattr(control, "grid_constructor", None) is not None:  # torchdiffeq's option
         t_arg = t if isinstance(t, Tensor) else torch.tensor(times, dtype=flat.dtype)
         control = control.with_grid(control.grid_constructor(func, y0, t_arg), times)

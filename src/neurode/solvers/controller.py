@@ -46,11 +46,12 @@ def _count(name: str, value) -> int:
     return int(value)
 
 
-def norm_option(norm, rtol: float, atol: float):
+def norm_option(norm, rtol: float, atol: float, structure=None):
     """The ``norm`` option in neurode's form ``norm(err, y0, y1) -> scalar``.
 
     torchdiffeq's one-argument form ``norm(x)`` is applied, as torchdiffeq does,
-    to the error already divided by ``atol + rtol·max(|y0|, |y1|)``.
+    to the error already divided by ``atol + rtol·max(|y0|, |y1|)``; for a tuple
+    state (``structure``: its shapes and sizes) ``x`` is the tuple of its parts.
     """
     if not callable(norm):
         raise InvalidOptionError(f"option norm must be callable, got {type(norm).__name__}")
@@ -67,7 +68,11 @@ def norm_option(norm, rtol: float, atol: float):
     if len(positional) == 1 and not varargs:
 
         def scaled(err: Tensor, y0: Tensor, y1: Tensor) -> Tensor:
-            return norm(err / (torch.maximum(y0.abs(), y1.abs()) * rtol + atol))
+            x = err / (torch.maximum(y0.abs(), y1.abs()) * rtol + atol)
+            if structure is not None and x.dim() == 1:
+                shapes, numels = structure
+                x = tuple(p.view(s) for p, s in zip(x.split(numels), shapes))
+            return norm(x)
 
         return scaled
     if len(positional) == 3 or varargs:
@@ -408,7 +413,7 @@ _ADAPTIVE_OPTIONS = {
 OPTIONS = sorted(_FIXED_OPTIONS | _FIXED_ONLY | _ADAPTIVE_OPTIONS | {"max_steps", "exact_outputs"})
 
 
-def resolve_control(solver, rtol, atol, options) -> FixedGrid | Adaptive:
+def resolve_control(solver, rtol, atol, options, structure=None) -> FixedGrid | Adaptive:
     """Fixed grid if ``step_size``/``steps`` is given or the solver has no error
     estimate; adaptive otherwise. Options that would have no effect raise."""
     if options is None:
@@ -479,7 +484,7 @@ def resolve_control(solver, rtol, atol, options) -> FixedGrid | Adaptive:
     if "exact_outputs" in options:
         kw["exact_outputs"] = options["exact_outputs"]
     if "norm" in kw:
-        kw["norm"] = norm_option(kw["norm"], float(rtol), float(atol))
+        kw["norm"] = norm_option(kw["norm"], float(rtol), float(atol), structure)
     if max_steps is not None:
         kw["max_steps"] = max_steps
     return Adaptive(rtol=rtol, atol=atol, **kw)
