@@ -17,7 +17,7 @@ from torch import Tensor
 from ..errors import InvalidOptionError
 from ..solvers.controller import FixedGrid
 from .base import FunctionMethod, Runner, Sweep, forward_no_graph
-from .schedule import OnlineThinning, forward_chain, reverse_all
+from .schedule import OnlineCheckpoints, forward_chain, reverse_all
 
 
 class Checkpoint(FunctionMethod):
@@ -27,10 +27,11 @@ class Checkpoint(FunctionMethod):
         budget: ``None`` keeps the state of every accepted step (ANODE / ACA):
             memory ``O(N_t·S + L)``, one extra evaluation pass in backward
             (replays), total compute ≈ 2× the forward. An integer ``c ≥ 1`` keeps
-            at most ``c`` states: binomial checkpointing (Revolve) when the number
-            of steps is known (fixed grids), doubling-spacing online thinning
-            otherwise (adaptive steps); memory ``O(c·S + L)``, compute grows by a
-            logarithmic factor (``stats.recomputed_steps`` reports it).
+            at most ``c`` states: binomial checkpointing with the chain that
+            minimises recomputation after the (free) forward sweep when the number
+            of steps is known (fixed grids), an online schedule otherwise (adaptive
+            steps); memory ``O(c·S + L)``, compute grows by a logarithmic factor
+            (``stats.recomputed_steps`` reports it).
         preserve_rng: replay each step with the random state the original step
             saw, so dropout masks (and any other draws in ``f``) match.
 
@@ -95,10 +96,10 @@ class _Budget(Runner):
                 if i in chain:
                     stored[i] = x
         else:
-            thin = OnlineThinning(budget)
+            online = OnlineCheckpoints(budget)
 
             def keep(i, t, h, x, x1):
-                thin.offer(i, x, stored)
+                online.offer(i, x, stored)
 
         outputs, self.x_final, self.traj = forward_no_graph(self, y0, keep)
         self.stored = stored
