@@ -31,9 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -42,11 +40,11 @@ import torch
 from torch import nn
 
 import neurode
+from neurode.app.bench.memory import peak_rss_mb, run_worker_script
 from neurode.app.bench.problems import ConvField, Counted, TanhMLPField
 from neurode.solvers.base import ReversibleSolver
 
 RESULTS = Path(__file__).resolve().parent / "results"
-EXACT_TUNABLES = "glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=65536"
 TAG = "REVERSIBLE_RK_RESULT "
 BUDGETS = (1, 2, 3, 4, 8)
 LONG_BUDGETS = (2, 3, 4, 8)  # the longer solve, where recursive checkpointing recomputes more
@@ -109,14 +107,6 @@ def fwd_bwd(func, y0, w, key, steps):
     return grads, sol.stats
 
 
-def _vmhwm_mb() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    raise RuntimeError("no VmHWM")
-
-
 def worker(spec: dict) -> dict:
     """Peak memory of one configuration (run in a fresh process)."""
     torch.set_num_threads(1)
@@ -124,24 +114,16 @@ def worker(spec: dict) -> dict:
     counted = Counted(func)
     # warm-up on one sample, two steps: autograd, kernels, lazy imports
     fwd_bwd(counted, y0[:1], w[:1], spec["key"], 2)
-    base = _vmhwm_mb()
+    base = peak_rss_mb()
     counted.n = 0
     _, stats = fwd_bwd(counted, y0, w, spec["key"], spec["steps"])
-    peak = _vmhwm_mb() - base
+    peak = peak_rss_mb() - base
     return {**spec, "peak_mb": peak, "nfe": counted.n}
 
 
 def measure_memory(problem, key, steps, quick) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    prev = env.get("GLIBC_TUNABLES")
-    env["GLIBC_TUNABLES"] = f"{prev}:{EXACT_TUNABLES}" if prev else EXACT_TUNABLES
     spec = dict(problem=problem, key=key, steps=steps, quick=quick)
-    cmd = [sys.executable, __file__, "--worker", json.dumps(spec)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    for line in proc.stdout.splitlines():
-        if line.startswith(TAG):
-            return json.loads(line[len(TAG) :])
-    return {**spec, "error": proc.stderr[-2000:]}
+    return run_worker_script(__file__, spec, TAG, timeout=300)
 
 
 def time_configs(func, y0, w, keys, steps, rounds) -> dict[str, float]:

@@ -145,3 +145,16 @@ def test_stiff_quick(tmp_path):
     rows = data["forward"]
     assert rows and all(r["problem"] == "robertson" for r in rows)
     assert {"scipy", "neurode"} <= {r["library"] for r in rows}
+
+
+@pytest.mark.slow
+def test_stagewise_quick(tmp_path):
+    out = tmp_path / "stagewise.json"
+    _run("stagewise.py", "--out", str(out))
+    data = json.loads(out.read_text())
+    assert data["benchmark"] == "stagewise" and data["quick"] is True
+    for row in data["methods"].values():
+        assert row["grad_rel_diff_f64"] < 1e-12  # the same gradient as the plain replay
+        for key in ("plain", "per_stage"):
+            assert "error" not in row[key], row[key]
+            assert row[key]["total_mb"] >= 0 and row[key]["cpu_s"] > 0

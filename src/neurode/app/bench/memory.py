@@ -340,6 +340,33 @@ def _rel_errors(grads: list[Tensor], ref: list[Tensor]) -> dict:
     }
 
 
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process, in MB (VmHWM where it exists)."""
+    return _maxrss_mb()
+
+
+def exact_env(threads: int | None = 1) -> dict:
+    """The environment of a fresh measuring process: :data:`EXACT_TUNABLES` added to
+    ``GLIBC_TUNABLES``, and ``OMP_NUM_THREADS`` set when ``threads`` is given."""
+    env = dict(os.environ)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    prev = env.get("GLIBC_TUNABLES")
+    env["GLIBC_TUNABLES"] = f"{prev}:{EXACT_TUNABLES}" if prev else EXACT_TUNABLES
+    return env
+
+
+def run_worker_script(script: str, spec: dict, tag: str, timeout: float = 600.0) -> dict:
+    """Run ``python script --worker SPEC_JSON`` in a fresh process (:func:`exact_env`) and
+    return the JSON it prints after ``tag``; on failure ``spec`` with an ``error``."""
+    cmd = [sys.executable, script, "--worker", json.dumps(spec)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=exact_env())
+    for line in proc.stdout.splitlines():
+        if line.startswith(tag):
+            return json.loads(line[len(tag) :])
+    return {**spec, "error": proc.stderr[-2000:]}
+
+
 def measure(spec: dict, timeout: float = 600.0) -> dict:
     """Run one configuration in a fresh Python process; returns its result dict.
 
@@ -353,12 +380,12 @@ def measure(spec: dict, timeout: float = 600.0) -> dict:
     ``status`` ``"timeout"``, ``"unavailable"`` or ``"error"`` and a ``reason``.
     """
     cmd = [sys.executable, "-m", "neurode.app.bench.memory", json.dumps(spec)]
-    env = dict(os.environ)
-    if spec.get("threads"):
-        env["OMP_NUM_THREADS"] = str(spec["threads"])
     if spec.get("exact_allocator", True):
-        prev = env.get("GLIBC_TUNABLES")
-        env["GLIBC_TUNABLES"] = f"{prev}:{EXACT_TUNABLES}" if prev else EXACT_TUNABLES
+        env = exact_env(spec.get("threads"))
+    else:
+        env = dict(os.environ)
+        if spec.get("threads"):
+            env["OMP_NUM_THREADS"] = str(spec["threads"])
     base = {"key": spec["key"], "problem": spec["problem"], "steps": spec["steps"]}
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
