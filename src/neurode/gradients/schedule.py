@@ -149,21 +149,45 @@ class OnlineCheckpoints:
             stored[0] = state
             self.positions = [0]
             return
-        s, n, here = self.budget, pos + 1, self.positions
-        options: list[tuple[list[int], int | None]] = [(here, None)]  # (positions, evicted)
-        if len(here) < s:
-            options.append((here + [pos], None))
-        else:
-            options += [([p for p in here if p != q] + [pos], q) for q in here[1:]]
-        best, evicted = min(
-            options, key=lambda o: (chain_cost(o[0], n, s), chain_cost(o[0], n + 1, s))
-        )
-        if best is here:
+        choice = self._choose(pos)
+        if choice is None:
             return
-        if evicted is not None:
-            del stored[evicted]
+        if choice > 0:
+            del stored[self.positions[choice]]
+            del self.positions[choice]
         stored[pos] = state
-        self.positions = best
+        self.positions.append(pos)
+
+    def _choose(self, pos: int) -> int | None:
+        """``None``: pass; ``0``: store ``pos``; ``j > 0``: store it in place of
+        ``positions[j]``. The cost of every option in O(budget), from prefix sums."""
+        F, s, P = minimal_forward_steps, self.budget, self.positions
+        m = len(P) - 1
+        closed = [P[i + 1] - P[i] for i in range(m)]  # segment lengths but the last
+        A = [0]  # A[i]: closed segments before i at their own slots
+        for i, li in enumerate(closed):
+            A.append(A[-1] + F(li, s - i))
+        last = pos + 1 - P[m]  # the open segment, step `pos` included
+        # (cost were the solve to end now, one step later); min keeps the first of equals
+        best = (A[m] + F(last, s - m), A[m] + F(last + 1, s - m))
+        choice = None
+        if m + 1 < s:
+            head = A[m] + F(last - 1, s - m)
+            cand = (head + F(1, s - m - 1), head + F(2, s - m - 1))
+            return 0 if cand < best else None
+        B = [0] * (m + 1)  # B[i]: closed segments i.. shifted one slot up
+        for i in range(m - 1, -1, -1):
+            B[i] = B[i + 1] + F(closed[i], s - i + 1)
+        for j in range(1, m + 1):
+            if j < m:
+                head = A[j - 1] + F(closed[j - 1] + closed[j], s - j + 1) + B[j + 1]
+                head += F(last - 1, s - m + 1)
+            else:
+                head = A[m - 1] + F(closed[m - 1] + last - 1, s - m + 1)
+            cand = (head + F(1, s - m), head + F(2, s - m))
+            if cand < best:
+                best, choice = cand, j
+        return choice
 
 
 class Engine(Protocol):
