@@ -175,7 +175,9 @@ def find_modules(func) -> tuple[nn.Module, ...]:
     return tuple(m for m in unique.values() if m._buffers)
 
 
-def graph_leaves(out: Tensor, stop: Sequence[Tensor] = ()) -> list[Tensor]:
+def graph_leaves(
+    out: Tensor, stop: Sequence[Tensor] = (), nodes: set | None = None
+) -> list[Tensor]:
     """Every tensor that requires grad and that ``out`` was computed from.
 
     Walks ``out``'s autograd graph (``grad_fn.next_functions``) to its
@@ -203,6 +205,8 @@ def graph_leaves(out: Tensor, stop: Sequence[Tensor] = ()) -> list[Tensor]:
         if var is not None:  # AccumulateGrad: a leaf that requires grad
             found.append(var)
             continue
+        if nodes is not None:
+            nodes.add(node)
         todo.extend(nxt for nxt, _ in node.next_functions)
     return found
 

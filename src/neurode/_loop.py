@@ -77,6 +77,11 @@ class SolveStats:
         }
 
 
+def _graph_clock() -> int:
+    """The sequence number autograd gives the next node it creates (this thread)."""
+    return (torch.ones((), requires_grad=True) * 1.0).grad_fn._sequence_nr() + 1
+
+
 class Field:
     """The user's ``func(t, y)`` seen by solvers as ``f(t: float, y: Tensor)``.
 
@@ -101,6 +106,12 @@ class Field:
         self.found: list[Tensor] = []
         self.stop: tuple[Tensor, ...] = ()  # params= entries: the walk stops at them
         self._evals = 0
+        # whether f's graph reaches nodes built outside it (a parameter f uses through a
+        # tensor computed before the solve): every step's VJP then runs through that
+        # shared part, so it must keep its graph (retain_graph). Unknown until discovery
+        # has looked at an evaluation's graph: assume shared.
+        self.shared_graph = True
+        self._looked = False
         # jump_t: a time at which f is discontinuous, at an end of this solve, is
         # evaluated one ulp (of the state's dtype) inside it, its one-sided limit:
         # {that end: the time f sees there}
@@ -111,8 +122,15 @@ class Field:
             self._evals += 1
             if self._evals & (self._evals - 1) == 0:
                 with torch.enable_grad():
+                    mark = _graph_clock()
                     out = self._eval(t, y.detach())
-                self.found.extend(graph_leaves(out, self.stop))
+                nodes: set = set()
+                self.found.extend(graph_leaves(out, self.stop, nodes))
+                # autograd numbers its nodes in creation order: one older than this
+                # evaluation was built outside f
+                outside = any(n._sequence_nr() < mark for n in nodes)
+                self.shared_graph = outside or (self.shared_graph and self._looked)
+                self._looked = True
                 return out.detach()
         return self._eval(t, y)
 

@@ -142,8 +142,9 @@ class _AdjointRunner(Runner):
                 fy = p.field(t, y)
                 if fy.requires_grad:
                     gs = torch.autograd.grad(
-                        fy, (y, *params), a, allow_unused=True, retain_graph=True
-                    )
+                        fy, (y, *params), a, allow_unused=True,
+                        retain_graph=p.field.shared_graph,
+                    )  # fmt: skip
                 else:  # f depends on neither y nor params
                     gs = (None,) * (1 + len(params))
             parts = [

@@ -149,7 +149,7 @@ class Runner:
         return self._pull(x0, (leaf,), a, acc)[0]
 
     def _pull(self, outs: State, leaves: State, a: State, acc: list[Tensor | None]) -> State:
-        a_x, g = vjp(outs, leaves, a, self.p.params)
+        a_x, g = vjp(outs, leaves, a, self.p.params, retain=self.p.field.shared_graph)
         add_into(acc, g)
         return a_x
 

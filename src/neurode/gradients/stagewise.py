@@ -102,7 +102,7 @@ def stagewise_vjp(
         leaf = Ys[i].detach().requires_grad_(True)
         with torch.enable_grad(), _restored(rng_at[i], cuda):
             ki = field(t + tab.c[i] * h, leaf)
-        (gY,), gp = vjp((ki,), (leaf,), (kbar[i],), p.params)
+        (gY,), gp = vjp((ki,), (leaf,), (kbar[i],), p.params, retain=field.shared_graph)
         add_into(acc, gp)
         del ki, leaf
         a_y0 = a_y0 + gY

@@ -125,8 +125,9 @@ class ALF(ReversibleSolver):
             a_u = a_v1_tot * eta2
         if u.requires_grad:
             grads = torch.autograd.grad(
-                u, (y_m, *params), a_u, allow_unused=True, retain_graph=True
-            )
+                u, (y_m, *params), a_u, allow_unused=True,
+                retain_graph=getattr(f, "shared_graph", True),
+            )  # fmt: skip
         else:  # f depends on neither y nor params (e.g. f(t, y) = g(t))
             grads = (None,) * (1 + len(params))
         with torch.no_grad():

@@ -231,20 +231,21 @@ class ReversibleSolver(Solver):
         leaves = tuple(xi.detach().requires_grad_(True) for xi in x0)
         with torch.enable_grad(), rng():
             x1r, _ = self.step(f, t, h, leaves)
-        a0, g = vjp(x1r, leaves, a1, params)
+        a0, g = vjp(x1r, leaves, a1, params, retain=getattr(f, "shared_graph", True))
         return x0, a0, g
 
 
 def vjp(
-    outs: State, leaves: State, a: State, params: Sequence[Tensor]
+    outs: State, leaves: State, a: State, params: Sequence[Tensor], retain: bool = True
 ) -> tuple[State, tuple[Tensor | None, ...]]:
     """Pull ``a`` back from ``outs`` to ``leaves`` and ``params``.
 
     Returns the adjoint of ``leaves`` (zeros where ``outs`` does not depend on
-    them) and the parameter gradients (``None`` where unused). The graph is
-    retained: it is local to one step and freed with it, but a parameter that
-    ``f`` reaches through a tensor computed outside it shares that outside
-    graph with every step.
+    them) and the parameter gradients (``None`` where unused). ``retain`` keeps
+    the graph: a step's graph is its own, but a parameter that ``f`` reaches
+    through a tensor computed outside it shares that outside part with every
+    step (the field's ``shared_graph``). Without it, a ``torch.compile``-d ``f``
+    (whose backward refuses ``retain_graph``) works with every gradient method.
     """
     outs_g = [o for o in outs if o.requires_grad]
     a_g = [ai for o, ai in zip(outs, a) if o.requires_grad]
@@ -252,7 +253,7 @@ def vjp(
     if not outs_g:
         return tuple(torch.zeros_like(v) for v in leaves), (None,) * len(params)
     grads = torch.autograd.grad(
-        outs_g, (*leaves, *params), a_g, allow_unused=True, retain_graph=True
+        outs_g, (*leaves, *params), a_g, allow_unused=True, retain_graph=retain
     )
     a_x = tuple(torch.zeros_like(v) if g is None else g for v, g in zip(leaves, grads[:n]))
     return a_x, tuple(grads[n:])

@@ -146,6 +146,7 @@ class Reversible(ReversibleSolver):
         y1, z1 = x1
         a_y1, a_z1 = a1
         lam = self.coupling
+        retain = getattr(f, "shared_graph", True)
         devices = cuda_devices(y1.device)
         with rng():
             seed_fwd, seed_bwd = draw_seeds(2)
@@ -153,7 +154,7 @@ class Reversible(ReversibleSolver):
             y1_leaf = y1.detach().requires_grad_(True)
             with torch.enable_grad(), seeded(seed_bwd, devices):
                 bwd = _base_step(self.base, f, t + h, -h, y1_leaf)
-            (g_y1,), g_bwd = vjp((bwd,), (y1_leaf,), (a_z1,), params)
+            (g_y1,), g_bwd = vjp((bwd,), (y1_leaf,), (a_z1,), params, retain=retain)
             with torch.no_grad():
                 bwd = bwd.detach()
                 z = (z1 - y1).add(bwd)
@@ -163,7 +164,7 @@ class Reversible(ReversibleSolver):
             z_leaf = z.detach().requires_grad_(True)
             with torch.enable_grad(), seeded(seed_fwd, devices):
                 fwd = _base_step(self.base, f, t, h, z_leaf)
-            (g_z,), g_fwd = vjp((fwd,), (z_leaf,), (a_bar,), params)
+            (g_z,), g_fwd = vjp((fwd,), (z_leaf,), (a_bar,), params, retain=retain)
         with torch.no_grad():
             fwd = fwd.detach()
             y = (y1 - fwd).div(lam).add(z)
