@@ -22,9 +22,11 @@ from .gradients.base import GradientMethod, Problem
 from .gradients.direct import Direct
 from .gradients.registry import resolve_gradient
 from .solvers.base import Solver
-from .solvers.controller import resolve_control
+from .solvers.controller import FixedGrid, resolve_control
+from .solvers.implicit import ImplicitRK
 from .solvers.perturb import perturbed
 from .solvers.registry import method_names, resolve_solver
+from .solvers.rk import RungeKutta
 from .solvers.scipy_solver import ScipySolver
 from .solvers.tableau import ButcherTableau
 
@@ -102,12 +104,11 @@ def solve(
         solver = perturbed(solver, times[-1] - times[0])
     explicit = explicit_params(params)
     t_grad = isinstance(t, Tensor) and t.requires_grad and torch.is_grad_enabled()
-    if t_grad and not isinstance(grad, Adjoint):
-        raise UnsupportedCombinationError(
-            f"t requires grad, but gradient={grad.name!r} does not differentiate with respect "
-            f"to the times yet; gradient='adjoint' (odeint_adjoint) gives the continuous "
-            f"derivative dL/dt_k = <dL/dy_k, f(t_k, y_k)>, or pass t.detach() (the gradient "
-            f"would otherwise be silently zero)"
+    if t_grad and not isinstance(grad, Adjoint) and len(times) > 1:
+        # SPEC §5.2 for the exact methods: on a grid of N steps per output interval
+        _check_time_gradient(solver, control, grad)
+        return _solve_time_mapped(
+            func, flat, t, times, structure, solver, control, grad, explicit, options
         )
     stats = SolveStats()
     pieces = _pieces(times, getattr(control, "jump_t", ()), flat.dtype)
@@ -168,15 +169,16 @@ def _inside(t: float, toward: float, dtype) -> float:
 
 
 def _solve_piece(
-    func, flat, times, sides, solver, control, grad, explicit, stats, structure, options, t_in
-):
+    func, flat, times, sides, solver, control, grad, explicit, stats, structure, options, t_in,
+    modules=None,
+):  # fmt: skip
     field = Field(func, flat, stats, structure)
     field.sides = sides
     field.stop = tuple(q for q in explicit if q.grad_fn is not None)
     rng = StepRNG(flat.device) if grad.preserve_rng else None
     problem = Problem(
         solver, field, flat, times, control, unique_tensors(explicit), stats,
-        find_modules(func), dict(options or {}), rng,
+        find_modules(func) if modules is None else modules, dict(options or {}), rng,
     )  # fmt: skip
     problem.t_input = t_in
     grad.check(problem)  # everything a configuration can get wrong raises before f runs
@@ -188,6 +190,76 @@ def _solve_piece(
         # the requested method would, so a later recompute (ODEBlock) can replay it
         return Direct().solve(problem)
     return grad.solve(problem)
+
+
+def _check_time_gradient(solver, control, grad) -> None:
+    """Raise unless the exact methods can differentiate this solve with respect to t."""
+    why = None
+    if not isinstance(control, FixedGrid) or control.step_size is not None:
+        why = "adaptive steps" if not isinstance(control, FixedGrid) else "a step_size grid"
+    elif control.grid_points is not None or control.grid_constructor is not None:
+        why = "a grid_constructor grid"
+    elif type(solver) not in (RungeKutta, ImplicitRK):
+        why = f"{solver.name!r}, whose state carries history across output times"
+    if why is not None:
+        raise UnsupportedCombinationError(
+            f"t requires grad, but gradient={grad.name!r} differentiates the times only on a "
+            f"fixed grid of N steps per output interval (options=dict(steps=N), or one step "
+            f"each), where the grid moves with t, with a Runge-Kutta method; here: {why}. "
+            f"gradient='adjoint' (odeint_adjoint) gives the continuous derivative "
+            f"dL/dt_k = <dL/dy_k, f(t_k, y_k)>; or pass t.detach()"
+        )
+
+
+class _TimeMapped:
+    """Output interval ``k`` of the solve as ``dy/dτ = Δ f(t_k + Δ(τ − k), y)`` on
+    ``τ ∈ [k, k + 1]``, ``Δ = t_{k+1} − t_k``: the times are tensors inside the field,
+    so every gradient method differentiates them as it does parameters. A Runge–Kutta
+    step of ``1/N`` in τ is the step of ``Δ/N`` in t (the same discretisation)."""
+
+    def __init__(self, func, t: Tensor, k: int):
+        self.func, self.t, self.k = func, t, k
+
+    def _time(self, tau: Tensor) -> Tensor:
+        t0, t1 = self.t[self.k], self.t[self.k + 1]
+        return (t0 + (t1 - t0) * (tau.to(t0.dtype) - self.k)).to(tau.dtype)
+
+    def __call__(self, tau: Tensor, y):
+        out = self.func(self._time(tau), y)
+        scale = self.t[self.k + 1] - self.t[self.k]
+        if isinstance(out, (tuple, list)):
+            return tuple(o * scale.to(o.dtype) for o in out)
+        return out * scale.to(out.dtype) if isinstance(out, Tensor) else out
+
+    def __getattr__(self, name: str):
+        # torchdiffeq's step callbacks, handed t and dt in the caller's time
+        if not name.startswith("callback_"):
+            raise AttributeError(name)
+        cb = getattr(self.func, name)
+        scale = self.t[self.k + 1] - self.t[self.k]
+
+        def mapped(tau, y, dtau):
+            return cb(self._time(tau), y, dtau * scale.detach().to(dtau.dtype))
+
+        return mapped
+
+
+def _solve_time_mapped(func, flat, t, times, structure, solver, control, grad, explicit, options):
+    stats = SolveStats()
+    modules = find_modules(func)
+    y, outs = flat, [flat]
+    for k in range(len(times) - 1):
+        ys = _solve_piece(
+            _TimeMapped(func, t, k), y, [float(k), float(k + 1)], {}, solver, control, grad,
+            explicit, stats, structure, options, None, modules,
+        )  # fmt: skip
+        y = ys[-1]
+        outs.append(y)
+    ys = torch.stack(outs)
+    if structure is not None:
+        shapes, numels = structure
+        ys = tuple(part.reshape(len(times), *s) for part, s in zip(ys.split(numels, dim=1), shapes))
+    return Solution(ys=ys, ts=torch.tensor(times, dtype=torch.float64), stats=stats)
 
 
 def odeint(
