@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .figures import save_figure
 from .train.classify import TrainConfig, load_data, make_gradient, make_method, train
 from .train.common import resolve_device
 
@@ -272,9 +273,7 @@ def _plot(rows, curves, png: Path) -> None:
         a.tick_params(axis="x", labelrotation=30, labelsize=8)
     for a in ax:
         a.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
+    save_figure(fig, png)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,6 +33,8 @@ import torch
 
 from neurode import Adjoint, Checkpoint, Reversible, reconstruction_error, solve
 
+from .figures import save_figure
+
 FLOOR_FACTOR = 10.0  # exact methods must sit within this factor of the float32 floor
 
 
@@ -306,9 +308,7 @@ def _plot_reconstruction(rec: dict, path: Path) -> None:
         ax.set_ylabel("relative error of rebuilt y0")
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _plot_memory(mem: dict, path: Path) -> None:
@@ -343,9 +343,7 @@ def _plot_memory(mem: dict, path: Path) -> None:
         ax.set_ylabel("peak memory above baseline (MB)")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------- 7

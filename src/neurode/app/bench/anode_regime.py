@@ -63,6 +63,7 @@ from neurode.gradients.base import frozen_buffers
 from neurode.nn.models import ODEResNet
 
 from ..data.digits import load_digits
+from ..figures import save_figure
 
 #: where ``benchmarks/anode_regime.py`` writes the full sweep, in a source checkout
 CACHE = Path(__file__).resolve().parents[4] / "benchmarks" / "results" / "anode_regime.json"
@@ -555,10 +556,7 @@ def plot(result: dict, png: Path) -> None:
     ax[1].set_ylim(0, 112)
     for a in ax:
         a.grid(alpha=0.3)
-    fig.tight_layout()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
+    save_figure(fig, png)
 
 
 def main(argv: list[str] | None = None) -> int:

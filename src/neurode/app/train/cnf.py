@@ -23,6 +23,7 @@ import torch
 from neurode.nn.cnf import CNF
 
 from ..data import toy
+from ..figures import bare, save_figure
 from . import loop
 from .common import is_main_process, plot_curves
 
@@ -148,16 +149,10 @@ def plot_density(model: CNF, data: torch.Tensor, args, out_dir: Path) -> list[Pa
 
 def _save_panels(fig, axes, path: Path) -> Path:
     """Square panels without ticks, written to ``path`` and closed."""
-    import matplotlib.pyplot as plt
 
     for ax in axes:
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_aspect("equal")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    return path
+        bare(ax)
+    return save_figure(fig, path, dpi=90, tight_bbox=True)
 
 
 def main(argv: list[str]) -> int:

@@ -40,6 +40,8 @@ import torch
 
 from neurode.errors import CheckpointError
 
+from ..figures import save_figure
+
 __all__ = [
     "atomic_save",
     "load_checkpoint",
@@ -537,10 +539,7 @@ def plot_curves(
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
-    return out_png
+    return save_figure(fig, out_png)
 
 
 def is_main_process() -> bool:

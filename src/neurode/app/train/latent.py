@@ -22,6 +22,7 @@ import torch
 from neurode.nn.latent import LatentODE
 
 from ..data.spirals import Spirals, make_spirals
+from ..figures import bare, save_figure
 from . import loop
 from .common import is_main_process, plot_curves
 
@@ -142,14 +143,9 @@ def plot_reconstruction(model: LatentODE, data: Spirals, path: Path, n: int = 4)
             label="extrapolation",
         )
         ax.set_title("clockwise" if bool(sub.clockwise[j]) else "counter-clockwise", fontsize=9)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_aspect("equal", adjustable="datalim")
+        bare(ax, adjustable="datalim")
     (axes[0] if len(idx) > 1 else axes).legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=90, tight_bbox=True)
 
 
 def main(argv: list[str]) -> int:
