@@ -158,3 +158,14 @@ def test_stagewise_quick(tmp_path):
         for key in ("plain", "per_stage"):
             assert "error" not in row[key], row[key]
             assert row[key]["total_mb"] >= 0 and row[key]["cpu_s"] > 0
+
+
+@pytest.mark.slow
+def test_schedules_quick(tmp_path):
+    out = tmp_path / "schedules.json"
+    _run("schedules.py", "--out", str(out))
+    data = json.loads(out.read_text())
+    assert data["benchmark"] == "schedules" and data["quick"] is True
+    for row in data["rows"]:
+        w = row["worst_ratio"]
+        assert w["fixed"] == 1.0 and w["online_small"] == 1.0 and w["online"] <= 1.5
