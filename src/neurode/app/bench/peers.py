@@ -130,7 +130,13 @@ class TorchOde(PeerAdapter):
         batch = shape[0]
 
         def flat_f(t, y):
-            return func(t[0], y.view(shape)).reshape(batch, -1)
+            # torchode steps every sample on its own clock: one time per sample,
+            # shaped to broadcast against the state (the benchmark fields use t that way)
+            if bool((t == t[0]).all()):
+                tt = t[0]
+            else:
+                tt = t.view(batch, *([1] * (len(shape) - 1)))
+            return func(tt, y.view(shape)).reshape(batch, -1)
 
         term = to.ODETerm(flat_f)
         step = getattr(to, self._names[method])(term=term)
