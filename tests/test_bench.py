@@ -169,3 +169,14 @@ def test_schedules_quick(tmp_path):
     for row in data["rows"]:
         w = row["worst_ratio"]
         assert w["fixed"] == 1.0 and w["online_small"] == 1.0 and w["online"] <= 1.5
+
+
+@pytest.mark.slow
+def test_compiled_quick(tmp_path):
+    out = tmp_path / "compiled.json"
+    _run("compiled.py", "--out", str(out))
+    data = json.loads(out.read_text())
+    assert data["benchmark"] == "compiled" and data["quick"] is True
+    for row in data["rows"]:
+        assert set(row["speedup"]) == {"eager", "compiled f", "compiled step"}
+        assert all(v > 0 for v in row["ms_per_step"].values())

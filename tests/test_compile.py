@@ -71,3 +71,48 @@ def test_shared_graph_is_detected_from_the_recorded_evaluations():
         field.discover = True
         field(0.0, y)
         assert field.shared_graph is shared
+
+
+@pytest.mark.parametrize("method", ["rk4", "dopri5"])
+@pytest.mark.parametrize("gradient", ["direct", "checkpoint"])
+def test_compiled_rk_step_equals_the_eager_step(method, gradient):
+    from neurode.solvers.rk import RungeKutta
+
+    f = Field().double()
+    y0 = torch.randn(8, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    t = torch.tensor([0.0, 0.4, 1.0], dtype=torch.float64)
+    kw = dict(options=dict(steps=5)) if method == "rk4" else dict(rtol=1e-8, atol=1e-10)
+    out = []
+    for solver in (RungeKutta(method), RungeKutta(method, compile=True)):
+        y = y0.clone().requires_grad_(True)
+        sol = neurode.solve(f, y, t, method=solver, gradient=gradient, **kw)
+        grads = torch.autograd.grad(sol.ys.pow(2).sum(), [y, *f.parameters()])
+        out.append((sol.ys.detach(), grads, sol.stats.nfe_forward, sol.stats.nfe_backward))
+    (ya, ga, nfa, nba), (yb, gb, nfb, nbb) = out
+    # the same arithmetic, fused differently by the compiler: float64 round-off
+    assert torch.allclose(ya, yb, rtol=1e-12, atol=1e-13)
+    for a, b in zip(ga, gb):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+    assert (nfa, nba) == (nfb, nbb)  # the compiled step counts its evaluations too
+
+
+def test_compiled_rk_falls_back_where_it_cannot_bypass_the_field():
+    from neurode.solvers.rk import RungeKutta
+
+    # a tuple state, and perturb (the field moves the times it hands f)
+    y0 = (torch.ones(2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64))
+    ys = neurode.odeint(lambda t, y: (y[1], -y[0]), y0, [0.0, 1.0],
+                        method=RungeKutta("rk4", compile=True), options=dict(steps=10))  # fmt: skip
+    assert torch.allclose(ys[0][-1], torch.cos(torch.tensor(1.0, dtype=torch.float64)), atol=1e-6)
+    seen = []
+
+    def f(t, y):
+        seen.append(float(t))
+        return -y
+
+    neurode.odeint(f, torch.ones(2, dtype=torch.float64), [0.0, 1.0],
+                   method=RungeKutta("rk4", compile=True),
+                   options=dict(step_size=0.5, perturb=True))  # fmt: skip
+    assert seen and not {0.0, 0.5, 1.0} & set(seen)
+    with pytest.raises(neurode.InvalidOptionError, match="compile"):
+        RungeKutta("rk4", compile="yes")

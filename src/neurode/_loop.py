@@ -90,6 +90,8 @@ class Field:
     output and counts evaluations into ``stats`` (forward or backward).
     """
 
+    solve_field = True  # the compiled RK step may call ``func`` directly (solvers/compiled.py)
+
     def __init__(self, func: Callable, like: Tensor, stats: SolveStats, structure=None):
         self.func = func
         self.shape = like.shape

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
-from ..errors import UnknownMethodError
+from ..errors import FunctionOutputError, InvalidOptionError, UnknownMethodError
 from .base import (
     Hermite,
     Interpolant,
@@ -88,10 +89,13 @@ class RungeKutta(Solver):
     backprop through the solver.
     """
 
-    def __init__(self, tableau: ButcherTableau | str):
+    def __init__(self, tableau: ButcherTableau | str, compile: bool = False):
         if isinstance(tableau, str):
             tableau = tableau_named(tableau)
+        if not isinstance(compile, bool):
+            raise InvalidOptionError(f"RungeKutta compile must be True or False, got {compile!r}")
         self.tableau = tableau
+        self.compile = compile
         self.name = tableau.name
         self.order = tableau.order
         self.error_order = tableau.error_order
@@ -104,6 +108,9 @@ class RungeKutta(Solver):
 
     def step(self, f: VectorField, t: float, h: float, x: State) -> tuple[State, Tensor | None]:
         k0 = x[1] if self.tableau.fsal else None
+        if self.compile and _compilable(f):
+            y1, err, ks = _compiled(self.tableau, f, t, h, x[0], k0)
+            return ((y1, ks[-1]) if self.tableau.fsal else (y1,)), err
         y1, err, k_last = rk_step(self.tableau, f, t, h, x[0], k0)
         return ((y1, k_last) if self.tableau.fsal else (y1,)), err
 
@@ -112,7 +119,12 @@ class RungeKutta(Solver):
 
     def step_dense(self, f, t, h, x, interp="auto"):
         tab = self.tableau
-        y1, err, ks = rk_stages(tab, f, t, h, x[0], x[1] if tab.fsal else None)
+        k0 = x[1] if tab.fsal else None
+        if self.compile and _compilable(f):
+            y1, err, ks = _compiled(tab, f, t, h, x[0], k0)
+            ks = list(ks)
+        else:
+            y1, err, ks = rk_stages(tab, f, t, h, x[0], k0)
         x1 = (y1, ks[-1]) if tab.fsal else (y1,)
         return x1, err, rk_interpolant(tab, f, t, h, x[0], y1, ks, interp)
 
@@ -121,3 +133,35 @@ class RungeKutta(Solver):
 
     def __hash__(self) -> int:
         return hash(self.tableau.name)
+
+
+def _compilable(f) -> bool:
+    """Whether the step may bypass the field: a plain solve field, a single-tensor
+    state, no time remapping, not recording discovery, and not its first evaluation
+    (which checks f's output)."""
+    return (
+        getattr(type(f), "solve_field", False)  # the class itself: not a wrapper forwarding it
+        and f.structure is None
+        and not f.sides
+        and not f.discover
+        and (f.stats.nfe_backward if f.backward else f.stats.nfe_forward) > 0
+    )
+
+
+def _compiled(tab, f, t: float, h: float, y: Tensor, k0):
+    from .compiled import compiled_stages  # noqa: PLC0415
+
+    tt = torch.tensor(t, dtype=y.dtype, device=y.device)
+    hh = torch.tensor(h, dtype=y.dtype, device=y.device)
+    y1, err, ks = compiled_stages(tab)(f.func, tt, hh, y, k0)
+    n = tab.stages - (1 if k0 is not None else 0)
+    if f.backward:
+        f.stats.nfe_backward += n
+    else:
+        f.stats.nfe_forward += n
+    if y1.shape != y.shape or y1.dtype != y.dtype:
+        raise FunctionOutputError(
+            f"f(t, y) near t={t:.6g} gave a step of shape {tuple(y1.shape)} and dtype "
+            f"{y1.dtype}; the state is {tuple(y.shape)} {y.dtype}"
+        )
+    return y1, err, ks
