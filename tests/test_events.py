@@ -173,3 +173,14 @@ def test_odeint_event_direction_follows_t_and_odeint_adjoint_accepts_event_fn():
     )  # fmt: skip
     (dk,) = torch.autograd.grad(t_ev, k)
     assert abs(float(dk) + math.log(2.0) / 0.7**2) < 1e-6
+
+
+def test_event_search_refuses_options_it_would_not_honour():
+    # jump_t and perturb change how steps see f; the event search would ignore them
+    y0 = torch.tensor([1.0], dtype=torch.float64)
+    g = lambda t, y: y[0] - 0.5  # noqa: E731
+    with pytest.raises(neurode.InvalidOptionError, match="jump_t"):
+        neurode.odeint_event(lambda t, y: -y, y0, 0.0, event_fn=g, options=dict(jump_t=[0.2]))
+    with pytest.raises(neurode.InvalidOptionError, match="perturb"):
+        neurode.odeint_event(lambda t, y: -y, y0, 0.0, event_fn=g, method="rk4",
+                             options=dict(step_size=0.1, perturb=True))  # fmt: skip

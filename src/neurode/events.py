@@ -99,6 +99,12 @@ def odeint_event(
     flat, _ = check_state(y0)
     solver = resolve_solver(method)
     control = resolve_control(solver, rtol, atol, options)
+    for name in ("jump_t", "perturb"):
+        if (options or {}).get(name) not in (None, False, ()):
+            raise InvalidOptionError(
+                f"option {name} is not supported with event handling (odeint_event, "
+                f"event_fn=): the event search does not honour it"
+            )
     direction = -1.0 if reverse_time else 1.0
     if t_max is None:
         if isinstance(control, FixedGrid):
