@@ -63,6 +63,25 @@ def test_budget_checkpoint_on_device():
         assert torch.allclose(g, r, rtol=1e-10, atol=1e-12)
 
 
+def test_second_round_features_on_device():
+    # per-stage replay and the compiled step equal direct on the device; t-gradients on a
+    # fixed grid with t on the CPU and the state on the device
+    from neurode.solvers.rk import RungeKutta
+
+    y0 = torch.randn(8, 4, device=DEV, dtype=torch.float64)
+    ref = _grads(_field(torch.float64), y0, "dopri5", dict(steps=4), "direct")
+    for method, gradient in (("dopri5", Checkpoint(per_stage=True)),
+                             (RungeKutta("dopri5", compile=True), "direct")):  # fmt: skip
+        got = _grads(_field(torch.float64), y0, method, dict(steps=4), gradient)
+        for r, g in zip(ref, got):
+            assert torch.allclose(g, r, rtol=1e-10, atol=1e-12)
+    net = _field(torch.float64)
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64, requires_grad=True)
+    ys = odeint(lambda t, x: net(x) * torch.cos(t), y0, t, method="rk4", options=dict(steps=3))
+    (g_t,) = torch.autograd.grad(ys.pow(2).sum(), t)
+    assert g_t.device.type == "cpu" and torch.isfinite(g_t).all()
+
+
 @pytest.mark.parametrize("gname", ["checkpoint", "reversible"])
 def test_dropout_replay_forks_the_device_rng(gname):
     # dropout in f: a replay must draw the same masks on the device, so the gradient

@@ -221,15 +221,17 @@ class _TimeMapped:
         self.func, self.t, self.k = func, t, k
 
     def _time(self, tau: Tensor) -> Tensor:
-        t0, t1 = self.t[self.k], self.t[self.k + 1]
+        t0, t1 = self.t[self.k].to(tau.device), self.t[self.k + 1].to(tau.device)
         return (t0 + (t1 - t0) * (tau.to(t0.dtype) - self.k)).to(tau.dtype)
 
     def __call__(self, tau: Tensor, y):
         out = self.func(self._time(tau), y)
         scale = self.t[self.k + 1] - self.t[self.k]
         if isinstance(out, (tuple, list)):
-            return tuple(o * scale.to(o.dtype) for o in out)
-        return out * scale.to(out.dtype) if isinstance(out, Tensor) else out
+            return tuple(o * scale.to(o.dtype).to(o.device) for o in out)
+        if isinstance(out, Tensor):
+            return out * scale.to(out.dtype).to(out.device)
+        return out
 
     def __getattr__(self, name: str):
         # torchdiffeq's step callbacks, handed t and dt in the caller's time
