@@ -8,8 +8,10 @@ held at once.
 
 from __future__ import annotations
 
+import importlib.util
 from functools import cache
 from math import comb
+from pathlib import Path
 
 import pytest
 
@@ -161,14 +163,14 @@ def test_free_sweep_optimum_is_the_brute_force_optimum(budget):
         assert free_sweep_steps(n, budget) <= minimal_forward_steps(n, budget) - old[-1]
 
 
-def forward_chain_revolve(n: int, s: int) -> list[int]:
-    # the previous chain: Revolve's first descent (reference for the improvement)
-    chain, a, slots = [0], 0, s
-    while slots >= 2 and n - a >= 2:
-        a += split(n - a, slots)
-        chain.append(a)
-        slots -= 1
-    return chain
+# the previous chain, Revolve's first descent (the reference for the improvement),
+# as benchmarks/schedules.py writes it
+_spec = importlib.util.spec_from_file_location(
+    "bench_schedules", Path(__file__).resolve().parents[1] / "benchmarks" / "schedules.py"
+)
+_bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_bench)
+forward_chain_revolve = _bench.revolve_first_descent
 
 
 @pytest.mark.parametrize("budget", BUDGETS)
