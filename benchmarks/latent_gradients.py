@@ -20,7 +20,7 @@ Usage::
     python benchmarks/latent_gradients.py --iters 300
     python benchmarks/latent_gradients.py --iters 20 --n-train 100   # smoke
 
-Prints a table and writes JSON (default ``results/latent_gradients.json``).
+Prints a table and writes JSON (default ``benchmarks/results/latent_gradients.json``).
 """
 
 from __future__ import annotations
@@ -52,7 +52,9 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     p.add_argument("--reversible-rk4", action="store_true", help="also run Reversible('rk4')")
-    p.add_argument("--out", default="results/latent_gradients.json")
+    p.add_argument(
+        "--out", default=str(Path(__file__).resolve().parent / "results" / "latent_gradients.json")
+    )
     return p.parse_args(argv)
 
 
