@@ -116,3 +116,18 @@ def test_compiled_rk_falls_back_where_it_cannot_bypass_the_field():
     assert seen and not {0.0, 0.5, 1.0} & set(seen)
     with pytest.raises(neurode.InvalidOptionError, match="compile"):
         RungeKutta("rk4", compile="yes")
+
+
+def test_compiled_rk_refuses_what_it_would_get_wrong():
+    from neurode.solvers.rk import RungeKutta
+
+    y0 = torch.ones(4, 3, dtype=torch.float64)
+    solver = RungeKutta("rk4", compile=True)
+    # an f whose output broadcasts against y: the combination would hide the wrong shape
+    with pytest.raises(neurode.FunctionOutputError, match="shape"):
+        neurode.odeint(lambda t, y: -y[:, :1], y0, [0.0, 1.0], method=solver,
+                       options=dict(steps=2))  # fmt: skip
+    # a random f: the compiled graph draws other numbers than the eager one
+    with pytest.raises(neurode.UnsupportedCombinationError, match="random"):
+        neurode.odeint(lambda t, y: -y * torch.rand_like(y), y0, [0.0, 1.0], method=solver,
+                       options=dict(steps=2))  # fmt: skip

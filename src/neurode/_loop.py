@@ -170,6 +170,10 @@ class Field:
             self._check(o, s, f"[{i}]")
         return torch.cat([o.reshape(-1) for o in out])
 
+    def check_output(self, out) -> None:
+        """The checks of one evaluation's output (single-tensor states)."""
+        self._check(out, self.shape, "")
+
     def _check(self, out, shape, where: str) -> None:
         if not isinstance(out, Tensor):
             raise FunctionOutputError(

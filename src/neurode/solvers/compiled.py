@@ -7,12 +7,14 @@ time. The compiled step hands :func:`torch.compile` the whole step — the user'
 ``(t, h, y)``: the times are tensors, so a new time value does not recompile,
 and the compiler can fuse the combinations with ``f``'s own operations.
 
-What stays outside the compiled region: the first step of every solve (it
-checks ``f``'s output shape, dtype and device, and records the graph parameter
-discovery reads), tuple states, fields that change the time they hand ``f``
-(``perturb``, ``jump_t`` ends), and every replay that does not go through
-``step`` (the stage-wise replay, the adjoint's augmented field). The state
-after each compiled step is checked like any other.
+Every evaluation's output is checked as the field checks it (shape, dtype,
+device) and counted. What stays eager: tuple states, fields that change the
+time they hand ``f`` (``perturb``, ``jump_t`` ends), the forward of the
+gradient methods that replay steps (parameter discovery records its
+evaluations) and so their replays, which must compute what the forward did.
+The compiled step therefore serves ``gradient="direct"`` and solves without
+gradients. An ``f`` that draws random numbers raises: a compiled graph draws
+them differently from the eager one.
 """
 
 from __future__ import annotations

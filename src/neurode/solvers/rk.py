@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..errors import FunctionOutputError, InvalidOptionError, UnknownMethodError
+from ..errors import InvalidOptionError, UnknownMethodError, UnsupportedCombinationError
 from .base import (
     Hermite,
     Interpolant,
@@ -136,15 +136,17 @@ class RungeKutta(Solver):
 
 
 def _compilable(f) -> bool:
-    """Whether the step may bypass the field: a plain solve field, a single-tensor
-    state, no time remapping, not recording discovery, and not its first evaluation
-    (which checks f's output)."""
+    """Whether the step may bypass the field: a plain solve field (not a wrapper
+    forwarding its attributes), a single-tensor state, no time remapping, not
+    recording graphs for parameter discovery, and not a backward replay. Replays
+    stay eager because the forward of a replaying method is eager (discovery
+    records its evaluations): a replay must compute what the forward computed."""
     return (
-        getattr(type(f), "solve_field", False)  # the class itself: not a wrapper forwarding it
+        getattr(type(f), "solve_field", False)
         and f.structure is None
         and not f.sides
         and not f.discover
-        and (f.stats.nfe_backward if f.backward else f.stats.nfe_forward) > 0
+        and not f.backward
     )
 
 
@@ -153,15 +155,21 @@ def _compiled(tab, f, t: float, h: float, y: Tensor, k0):
 
     tt = torch.tensor(t, dtype=y.dtype, device=y.device)
     hh = torch.tensor(h, dtype=y.dtype, device=y.device)
+    before = _rng_state(y.device)
     y1, err, ks = compiled_stages(tab)(f.func, tt, hh, y, k0)
-    n = tab.stages - (1 if k0 is not None else 0)
-    if f.backward:
-        f.stats.nfe_backward += n
-    else:
-        f.stats.nfe_forward += n
-    if y1.shape != y.shape or y1.dtype != y.dtype:
-        raise FunctionOutputError(
-            f"f(t, y) near t={t:.6g} gave a step of shape {tuple(y1.shape)} and dtype "
-            f"{y1.dtype}; the state is {tuple(y.shape)} {y.dtype}"
+    if not all(torch.equal(a, b) for a, b in zip(before, _rng_state(y.device))):
+        raise UnsupportedCombinationError(
+            f"f draws random numbers (near t={t:.6g}), and a compiled step draws them "
+            f"differently from the eager one: use RungeKutta({tab.name!r}) without compile"
         )
+    for k in ks if k0 is None else ks[1:]:  # what the field checks on every evaluation
+        f.check_output(k)
+    f.stats.nfe_forward += tab.stages - (1 if k0 is not None else 0)
     return y1, err, ks
+
+
+def _rng_state(device) -> tuple[Tensor, ...]:
+    cpu = torch.get_rng_state()
+    if device.type == "cuda":
+        return cpu, torch.cuda.get_rng_state(device)
+    return (cpu,)
