@@ -234,3 +234,12 @@ def test_neurode_train_latent_is_dispatched(capsys):
         main(["train", "latent", "--help"])
     assert exc.value.code == 0
     assert "latent ODE" in capsys.readouterr().out
+
+
+def test_encoders_refuse_a_fractional_mask():
+    # the encoders read an observation or skip it: a weight of 0.5 must not be read as 1
+    x = torch.zeros(2, 3, 2, dtype=D64)
+    mask = torch.tensor([[1.0, 0.5, 0.0], [1.0, 1.0, 1.0]], dtype=D64)
+    t = torch.linspace(0, 1, 3, dtype=D64)
+    with pytest.raises(ValueError, match="0 .unobserved. or 1"):
+        GRUEncoder(2, 3, hidden=4).to(D64)(x, mask, t)

@@ -166,6 +166,8 @@ def test_exact_time_gradient_refused_where_the_grid_does_not_follow_t():
     for kw in (dict(method="dopri5"), dict(method="rk4", options=dict(step_size=0.1))):
         with pytest.raises(neurode.UnsupportedCombinationError, match="steps per output"):
             neurode.odeint(f, y0, t, **kw)
+    with pytest.raises(neurode.UnsupportedCombinationError, match="perturb"):
+        neurode.odeint(f, y0, t, method="rk4", options=dict(steps=2, perturb=True))
     # a single time: y(t0) = y0 does not depend on t, no solve, no error
     (y,) = neurode.odeint(f, y0, t[:1], method="dopri5")
     assert torch.equal(y, y0)

@@ -8,6 +8,7 @@ drives the one stepping loop.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -24,7 +25,7 @@ from .gradients.registry import resolve_gradient
 from .solvers.base import Solver
 from .solvers.controller import FixedGrid, resolve_control
 from .solvers.implicit import ImplicitRK
-from .solvers.perturb import perturbed
+from .solvers.perturb import neighbour, perturbed
 from .solvers.registry import method_names, resolve_solver
 from .solvers.rk import RungeKutta
 from .solvers.scipy_solver import ScipySolver
@@ -117,20 +118,26 @@ def solve(
             "t requires grad together with jump_t; the solve is split at the jumps and "
             "its time derivative is not given across them: pass t.detach()"
         )
+    run = functools.partial(
+        _solve_piece, solver=solver, control=control, grad=grad, explicit=explicit,
+        stats=stats, structure=structure, options=options, t_in=t if t_grad else None,
+    )  # fmt: skip
+    return _chain(run, [(func, *piece) for piece in pieces], flat, times, structure, stats)
+
+
+def _chain(run, pieces, flat, times, structure, stats) -> Solution:
+    """Solve the pieces one after another, each from the last state of the one before
+    (autograd carries the gradient across), and keep the rows that are outputs."""
     y, parts = flat, []
-    for seg, sides, rows in pieces:
-        ys = _solve_piece(
-            func, y, seg, sides, solver, control, grad, explicit, stats, structure, options,
-            t if t_grad else None,
-        )  # fmt: skip
+    for func, seg, sides, rows in pieces:
+        ys = run(func, y, seg, sides)
         parts.append(ys if rows is None else ys[rows])
         y = ys[-1]
     ys = parts[0] if len(parts) == 1 else torch.cat(parts)
     if structure is not None:
         shapes, numels = structure
         ys = tuple(part.reshape(len(times), *s) for part, s in zip(ys.split(numels, dim=1), shapes))
-    ts = torch.tensor(times, dtype=torch.float64)
-    return Solution(ys=ys, ts=ts, stats=stats)
+    return Solution(ys=ys, ts=torch.tensor(times, dtype=torch.float64), stats=stats)
 
 
 def _pieces(times: list[float], jumps, dtype) -> list[tuple[list[float], dict, list | None]]:
@@ -155,21 +162,15 @@ def _pieces(times: list[float], jumps, dtype) -> list[tuple[list[float], dict, l
             rows.append(len(seg) - 1)
         sides = {}
         if i > 0:
-            sides[a] = _inside(a, b, dtype)
+            sides[a] = neighbour(a, b, dtype)
         if i < len(bounds) - 2:
-            sides[b] = _inside(b, a, dtype)
+            sides[b] = neighbour(b, a, dtype)
         pieces.append((seg, sides, rows))
     return pieces
 
 
-def _inside(t: float, toward: float, dtype) -> float:
-    """The neighbour of ``t`` toward ``toward`` in ``dtype`` (the dtype f sees t in)."""
-    tt = torch.tensor(t, dtype=dtype)
-    return float(torch.nextafter(tt, torch.tensor(toward, dtype=dtype)))
-
-
 def _solve_piece(
-    func, flat, times, sides, solver, control, grad, explicit, stats, structure, options, t_in,
+    func, flat, times, sides, *, solver, control, grad, explicit, stats, structure, options, t_in,
     modules=None,
 ):  # fmt: skip
     field = Field(func, flat, stats, structure)
@@ -199,6 +200,8 @@ def _check_time_gradient(solver, control, grad) -> None:
         why = "adaptive steps" if not isinstance(control, FixedGrid) else "a step_size grid"
     elif control.grid_points is not None or control.grid_constructor is not None:
         why = "a grid_constructor grid"
+    elif getattr(solver, "perturbed", False):
+        why = "perturb (f sees times nudged inside each step)"
     elif type(solver) not in (RungeKutta, ImplicitRK):
         why = f"{solver.name!r}, whose state carries history across output times"
     if why is not None:
@@ -248,20 +251,16 @@ class _TimeMapped:
 
 def _solve_time_mapped(func, flat, t, times, structure, solver, control, grad, explicit, options):
     stats = SolveStats()
-    modules = find_modules(func)
-    y, outs = flat, [flat]
-    for k in range(len(times) - 1):
-        ys = _solve_piece(
-            _TimeMapped(func, t, k), y, [float(k), float(k + 1)], {}, solver, control, grad,
-            explicit, stats, structure, options, None, modules,
-        )  # fmt: skip
-        y = ys[-1]
-        outs.append(y)
-    ys = torch.stack(outs)
-    if structure is not None:
-        shapes, numels = structure
-        ys = tuple(part.reshape(len(times), *s) for part, s in zip(ys.split(numels, dim=1), shapes))
-    return Solution(ys=ys, ts=torch.tensor(times, dtype=torch.float64), stats=stats)
+    run = functools.partial(
+        _solve_piece, solver=solver, control=control, grad=grad, explicit=explicit,
+        stats=stats, structure=structure, options=options, t_in=None,
+        modules=find_modules(func),
+    )  # fmt: skip
+    pieces = [
+        (_TimeMapped(func, t, k), [float(k), float(k + 1)], {}, [0, 1] if k == 0 else [1])
+        for k in range(len(times) - 1)
+    ]
+    return _chain(run, pieces, flat, times, structure, stats)
 
 
 def odeint(

@@ -58,7 +58,11 @@ def _check_inputs(x: Tensor, mask: Tensor, t: Tensor) -> Tensor:
         )
     if t.dim() != 1 or t.shape[0] != x.shape[1]:
         raise ValueError(f"t must have shape (T,) = ({x.shape[1]},), got {tuple(t.shape)}")
-    return mask.to(x.dtype)
+    mask = mask.to(x.dtype)
+    if not bool(((mask == 0) | (mask == 1)).all()):
+        # the encoders read a point or skip it; a fractional weight has no meaning here
+        raise ValueError("mask must hold 0 (unobserved) or 1 (observed) at every point")
+    return mask
 
 
 class GRUEncoder(nn.Module):

@@ -394,10 +394,8 @@ def _times(name: str, value) -> tuple[float, ...]:
 
 
 _FIXED_OPTIONS = {"step_size", "steps", "grid_constructor"}
-_FIXED_ONLY = {
-    "interp",
-    "perturb",
-}  # fixed-grid options that do not by themselves ask for a fixed grid
+# fixed-grid options that do not by themselves ask for a fixed grid
+_FIXED_ONLY = {"interp", "perturb"}
 _ADAPTIVE_OPTIONS = {
     "first_step",
     "max_num_steps",

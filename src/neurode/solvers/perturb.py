@@ -42,7 +42,11 @@ class _Window:
 
 def _nudge(t: float, toward: float, f, y) -> float:
     """The neighbour of ``t`` toward ``toward`` in the dtype ``f`` hands its time in."""
-    dtype = getattr(f, "dtype", None) or getattr(y, "dtype", torch.float64)
+    return neighbour(t, toward, getattr(f, "dtype", None) or getattr(y, "dtype", torch.float64))
+
+
+def neighbour(t: float, toward: float, dtype) -> float:
+    """The next number after ``t`` toward ``toward`` in ``dtype`` (as a float: exact)."""
     tt = torch.tensor(t, dtype=dtype)
     return float(torch.nextafter(tt, torch.tensor(toward, dtype=dtype)))
 
