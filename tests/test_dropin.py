@@ -264,3 +264,14 @@ def test_one_argument_norm_sees_a_tuple_state_as_a_tuple():
     ref = odeint(lambda t, y: (y[0], -y[1]), y0, t)  # the default RMS norm: the same steps
     assert seen and set(seen) == {((), (2, 2))}
     assert all(torch.equal(a, b) for a, b in zip(ys, ref))
+
+
+def test_jump_t_that_requires_grad_raises():
+    # the split points are constants: a learnable jump time would get no gradient
+    j = torch.tensor([0.5], dtype=F64, requires_grad=True)
+    with pytest.raises(neurode.UnsupportedCombinationError, match="jump_t requires grad"):
+        odeint(_jump, torch.ones(2, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64),
+               options=dict(jump_t=j))  # fmt: skip
+    with torch.no_grad():  # nothing to differentiate: fine
+        odeint(_jump, torch.ones(2, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64),
+               options=dict(jump_t=j))  # fmt: skip

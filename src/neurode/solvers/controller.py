@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..errors import InvalidOptionError, NonFiniteStateError
+from ..errors import InvalidOptionError, NonFiniteStateError, UnsupportedCombinationError
 
 _HALF = (torch.float16, torch.bfloat16)
 
@@ -378,8 +378,18 @@ class Adaptive:
         return min(100 * h0, h1, self.max_step)
 
 
+def _no_grad_times(name: str, value) -> None:
+    """Jump times are constants to every gradient method: a gradient would be dropped."""
+    if getattr(value, "requires_grad", False) and torch.is_grad_enabled():
+        raise UnsupportedCombinationError(
+            f"option {name} requires grad, but the solve is split at those times as "
+            f"constants (their gradient would be silently zero): pass them detached"
+        )
+
+
 def _times(name: str, value) -> tuple[float, ...]:
     """A list of finite times (a tensor, a sequence or one number), sorted, no repeats."""
+    _no_grad_times(name, value)
     try:
         if hasattr(value, "detach"):
             value = value.detach().cpu().reshape(-1).tolist()
