@@ -275,3 +275,27 @@ def test_jump_t_that_requires_grad_raises():
     with torch.no_grad():  # nothing to differentiate: fine
         odeint(_jump, torch.ones(2, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64),
                options=dict(jump_t=j))  # fmt: skip
+
+
+def test_adjoint_options_without_perturb_are_honoured():
+    # the forward perturbs its steps; adjoint_options=dict(step_size=...) without perturb
+    # must give an unperturbed backward solve (it reused the forward's perturbed solver)
+    seen = []
+
+    class F(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Parameter(torch.tensor(1.0, dtype=F64))
+
+        def forward(self, t, y):
+            seen.append(float(t))
+            return -self.a * y
+
+    f = F()
+    ys = odeint_adjoint(f, torch.ones(2, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64),
+                        method="rk4", options=dict(step_size=0.5, perturb=True),
+                        adjoint_options=dict(step_size=0.5))  # fmt: skip
+    assert not {0.0, 0.5, 1.0} & set(seen)
+    seen.clear()
+    ys.sum().backward()
+    assert {1.0, 0.5} <= set(seen)  # the backward evaluates at the grid points themselves

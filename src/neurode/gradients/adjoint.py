@@ -112,6 +112,8 @@ class Adjoint(FunctionMethod):
             control.norm = norm
         if getattr(control, "perturb", False) and not getattr(solver, "perturbed", False):
             solver = perturbed(solver, p.times[0] - p.times[-1])  # the backward solve's sign
+        elif not getattr(control, "perturb", False) and getattr(solver, "perturbed", False):
+            solver = solver.unperturbed  # adjoint_options without perturb: honour that
         return solver, control
 
     @property

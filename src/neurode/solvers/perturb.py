@@ -61,6 +61,7 @@ def perturbed(solver: Solver, direction: float) -> Solver:
     out = object.__new__(sub)
     out.__dict__.update(solver.__dict__)
     out.perturb_direction = 1.0 if direction >= 0 else -1.0
+    out.unperturbed = solver  # the adjoint's backward solve may be asked not to perturb
     return out
 
 
