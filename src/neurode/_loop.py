@@ -77,9 +77,12 @@ class SolveStats:
         }
 
 
-def _graph_clock() -> int:
-    """The sequence number autograd gives the next node it creates (this thread)."""
-    return (torch.ones((), requires_grad=True) * 1.0).grad_fn._sequence_nr() + 1
+def _graph_clock() -> int | None:
+    """The sequence number autograd gives the next node it creates (this thread), or
+    ``None`` where autograd nodes do not expose it (then graphs count as shared)."""
+    node = (torch.ones((), requires_grad=True) * 1.0).grad_fn
+    number = getattr(node, "_sequence_nr", None)
+    return None if number is None else number() + 1
 
 
 class Field:
@@ -130,7 +133,7 @@ class Field:
                 self.found.extend(graph_leaves(out, self.stop, nodes))
                 # autograd numbers its nodes in creation order: one older than this
                 # evaluation was built outside f
-                outside = any(n._sequence_nr() < mark for n in nodes)
+                outside = mark is None or any(n._sequence_nr() < mark for n in nodes)
                 self.shared_graph = outside or (self.shared_graph and self._looked)
                 self._looked = True
                 return out.detach()
