@@ -149,13 +149,6 @@ def test_bad_event_inputs_raise():
             method="rk4",
             options=dict(steps=3),
         )
-    with pytest.raises(neurode.UnsupportedCombinationError, match="t0"):
-        odeint_event(
-            lambda t, y: -y,
-            y0,
-            torch.tensor(0.0, requires_grad=True),
-            event_fn=lambda t, y: y[0] - 0.5,
-        )
 
 
 def test_odeint_event_direction_follows_t_and_odeint_adjoint_accepts_event_fn():
@@ -184,3 +177,32 @@ def test_event_search_refuses_options_it_would_not_honour():
     with pytest.raises(neurode.InvalidOptionError, match="perturb"):
         neurode.odeint_event(lambda t, y: -y, y0, 0.0, event_fn=g, method="rk4",
                              options=dict(step_size=0.1, perturb=True))  # fmt: skip
+
+
+@pytest.mark.parametrize("gradient", ["direct", "checkpoint", "adjoint"])
+def test_event_time_gradient_with_respect_to_t0(gradient):
+    # y' = t from y(t0) = 0 until y = 2: t* = sqrt(4 + t0²), dt*/dt0 = t0/t*; y(t*) = 2
+    # whatever t0, so its gradient in t0 is 0. Exact to the solver's tolerance
+    def d_dt0(which):  # one backward per solve (the non-direct methods free their record)
+        t0 = torch.tensor(1.0, dtype=DT, requires_grad=True)
+        t_ev, sol = odeint_event(
+            lambda t, y: t.expand_as(y), torch.tensor([0.0], dtype=DT), t0,
+            event_fn=lambda t, y: y[0] - 2.0, rtol=1e-10, atol=1e-12, gradient=gradient,
+        )  # fmt: skip
+        assert abs(float(t_ev) - math.sqrt(5.0)) < 1e-9
+        return float(torch.autograd.grad(t_ev if which == "t" else sol[1, 0], t0)[0])
+
+    assert abs(d_dt0("t") - 1.0 / math.sqrt(5.0)) < 1e-8
+    assert abs(d_dt0("y")) < 1e-8
+
+
+def test_event_time_gradient_with_respect_to_t0_in_reverse_time():
+    # y' = y backwards from t0 until y = 0.5: t* = t0 + ln 0.5, dt*/dt0 = 1
+    t0 = torch.tensor(0.3, dtype=DT, requires_grad=True)
+    t_ev, _ = odeint_event(
+        lambda t, y: y, torch.tensor([1.0], dtype=DT), t0, event_fn=lambda t, y: y[0] - 0.5,
+        reverse_time=True, rtol=1e-10, atol=1e-12, gradient="checkpoint",
+    )  # fmt: skip
+    assert abs(float(t_ev) - (0.3 + math.log(0.5))) < 1e-9
+    (d_t0,) = torch.autograd.grad(t_ev, t0)
+    assert abs(float(d_t0) - 1.0) < 1e-8

@@ -14,6 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 from gradproblems import DT, MLP, randn
+from torch import nn
 
 import neurode
 
@@ -55,13 +56,17 @@ def test_odeint_adjoint_time_gradient_torchdiffeq_style():
     assert torch.allclose(t.grad, torch.stack([0.8 * yT, -0.8 * yT]), rtol=1e-8)
 
 
-@pytest.mark.parametrize("gradient", ["direct", "checkpoint", "reversible"])
-def test_exact_methods_refuse_time_gradients(gradient):
+@pytest.mark.parametrize("gradient", ["direct", "checkpoint"])
+def test_exact_methods_refuse_time_gradients_of_multistep_methods(gradient):
+    # an Adams state carries past evaluations across steps: its steps cannot follow t
     t = torch.tensor([0.0, 1.0], dtype=DT, requires_grad=True)
-    with pytest.raises(neurode.UnsupportedCombinationError, match="adjoint"):
-        neurode.odeint(lambda t, y: -y, torch.ones(2, dtype=DT), t, method="alf", gradient=gradient)
-    with torch.no_grad():  # no gradient asked for: fine
-        neurode.odeint(lambda t, y: -y, torch.ones(2, dtype=DT), t, method="alf", gradient=gradient)
+    for method in ("explicit_adams", "implicit_adams"):
+        with pytest.raises(neurode.UnsupportedCombinationError, match="adjoint"):
+            neurode.odeint(lambda t, y: -y, torch.ones(2, dtype=DT), t, method=method,
+                           gradient=gradient)  # fmt: skip
+        with torch.no_grad():  # no gradient asked for: fine
+            neurode.odeint(lambda t, y: -y, torch.ones(2, dtype=DT), t, method=method,
+                           gradient=gradient)  # fmt: skip
 
 
 def test_adjoint_options_norm_seminorm_is_torchdiffeqs_spelling():
@@ -163,11 +168,196 @@ def test_exact_time_gradient_with_tuple_state_and_callbacks():
 def test_exact_time_gradient_refused_where_the_grid_does_not_follow_t():
     f, y0 = _field()
     t = torch.tensor([0.0, 1.0], dtype=DT, requires_grad=True)
-    for kw in (dict(method="dopri5"), dict(method="rk4", options=dict(step_size=0.1))):
-        with pytest.raises(neurode.UnsupportedCombinationError, match="steps per output"):
-            neurode.odeint(f, y0, t, **kw)
+
+    def grid(func, y0, t):
+        return torch.linspace(0.0, 1.0, 5, dtype=DT)
+
+    with pytest.raises(neurode.UnsupportedCombinationError, match="grid_constructor"):
+        neurode.odeint(f, y0, t, method="rk4", options=dict(grid_constructor=grid))
     with pytest.raises(neurode.UnsupportedCombinationError, match="perturb"):
         neurode.odeint(f, y0, t, method="rk4", options=dict(steps=2, perturb=True))
     # a single time: y(t0) = y0 does not depend on t, no solve, no error
     (y,) = neurode.odeint(f, y0, t[:1], method="dopri5")
     assert torch.equal(y, y0)
+
+
+# --- adaptive steps and step_size grids (SPEC §5.2): the steps follow the times -------
+#
+# The exact methods differentiate the solve that ran, its accepted step sizes held
+# constant: each step starts at t0 + (its offset) — or, landing on every output, at the
+# output its stretch starts from — the step that lands on an output ends there, and an
+# output inside a step sits at θ = (t_k − s)/H on its interpolant. The independent
+# reference rebuilds that solve as a fixed grid (grid_constructor) from the recorded
+# accepted steps, moved with the times exactly so, and takes central differences of it.
+# Central differences with eps = 1e-6 in float64 err by ~1e-16/eps = 1e-10 (round-off)
+# plus O(eps²) truncation; a step start or length that failed to follow t would err by
+# O(1) relative: rtol 1e-7 separates the two with three decades either side.
+
+
+class _Recorded(nn.Module):
+    """A time-dependent field that records the accepted steps (torchdiffeq's callback)."""
+
+    def __init__(self):
+        super().__init__()
+        self.mlp = MLP(dim=3, seed=4)
+        self.accepted: list[float] = []
+
+    def forward(self, t, y):
+        return self.mlp(t, y) + 0.3 * torch.sin(t) * y
+
+    def callback_accept_step(self, t0, y0, dt):
+        self.accepted.append(float(t0))
+
+
+def _frozen_grid(starts: list[float], times: list[float], each: bool):
+    """The recorded solve as a function of the times: grid points that move with them."""
+    sign = 1.0 if times[-1] > times[0] else -1.0
+
+    def points(tt: list[float]) -> list[float]:
+        if not each:  # one grid from t0, only the last step lands (on t_K)
+            return [tt[0] + (s - times[0]) for s in starts] + [tt[-1]]
+        pts = []
+        for k in range(len(times) - 1):  # the grid restarts at every output
+            inside = [s for s in starts if sign * times[k] <= sign * s < sign * times[k + 1]]
+            pts += [tt[k] + (s - times[k]) for s in inside]
+        return pts + [tt[-1]]
+
+    return points
+
+
+def _frozen_fd(f, y0, times, G, method, each, eps=1e-6, **kw):
+    with torch.no_grad():
+        f.accepted.clear()
+        neurode.odeint(f, y0, torch.tensor(times, dtype=DT), method=method, **kw)
+        points = _frozen_grid(list(f.accepted), times, each)
+
+        def loss(tt):
+            grid = torch.tensor(points(tt.tolist()), dtype=DT)
+            opts = dict(grid_constructor=lambda func, y, t: grid, interp="cubic")
+            return (neurode.odeint(f, y0, tt, method=method, options=opts) * G).sum()
+
+        fd = torch.zeros(len(times), dtype=DT)
+        t = torch.tensor(times, dtype=DT)
+        for k in range(len(times)):
+            e = torch.zeros(len(times), dtype=DT)
+            e[k] = eps
+            fd[k] = (loss(t + e) - loss(t - e)) / (2 * eps)
+    return fd
+
+
+def _time_gradient(f, y0, times, G, method, gradient, **kw):
+    t = torch.tensor(times, dtype=DT, requires_grad=True)
+    loss = (neurode.odeint(f, y0, t, method=method, gradient=gradient, **kw) * G).sum()
+    return torch.autograd.grad(loss, [t, *f.parameters()])
+
+
+def _adaptive_methods():
+    from neurode.solvers.registry import ALIASES, method_names, resolve_solver
+
+    out = []
+    for name in method_names():
+        solver = resolve_solver(name)
+        if name not in ALIASES and solver.adaptive and solver.rate_slots is not None:
+            out.append(name)
+    return out
+
+
+ADAPTIVE = [*_adaptive_methods(), "reversible:dopri5"]
+
+
+@pytest.mark.parametrize("exact_outputs", [False, True], ids=["dense", "landing"])
+@pytest.mark.parametrize("method", ADAPTIVE)
+def test_adaptive_time_gradient_is_the_derivative_of_the_steps_taken(method, exact_outputs):
+    f = _Recorded()
+    y0 = randn(3, seed=5)
+    times = [0.1, 0.6, 0.65, 1.3]
+    G = randn(len(times), 3, seed=6)
+    kw = dict(rtol=1e-5, atol=1e-7, options=dict(exact_outputs=exact_outputs))
+    solver = neurode.solvers.registry.resolve_solver(method)
+    each = exact_outputs or not solver.interpolates
+    fd = _frozen_fd(f, y0, times, G, method, each, **kw)
+    gradients = ["direct", "checkpoint"]
+    if isinstance(solver, neurode.solvers.base.ReversibleSolver):
+        gradients.append("reversible")
+    for g in gradients:
+        g_t = _time_gradient(f, y0, times, G, method, g, **kw)[0]
+        assert torch.allclose(g_t, fd, rtol=1e-7, atol=1e-9), (g, g_t, fd)
+
+
+@pytest.mark.parametrize(
+    "gradient",
+    ["checkpoint", neurode.Checkpoint(budget=2), neurode.Checkpoint(per_stage=True)],
+    ids=str,
+)
+@pytest.mark.parametrize("times", [[0.1, 0.6, 0.65, 1.3], [1.0, 0.3, 0.25, -0.5]], ids=str)
+def test_adaptive_time_gradient_of_every_exact_method_equals_direct(gradient, times):
+    f = _Recorded()
+    y0 = randn(3, seed=5)
+    G = randn(len(times), 3, seed=7)
+    kw = dict(rtol=1e-6, atol=1e-8)
+    ref = _time_gradient(f, y0, times, G, "dopri5", "direct", **kw)
+    got = _time_gradient(f, y0, times, G, "dopri5", gradient, **kw)
+    # the same discretisation differentiated two ways: round-off apart
+    for a, b in zip(got, ref):
+        assert torch.allclose(a, b, rtol=1e-11, atol=1e-13)
+
+
+def test_reverse_time_adaptive_time_gradient_matches_the_frozen_steps():
+    f = _Recorded()
+    y0 = randn(3, seed=5)
+    times = [1.0, 0.3, 0.25, -0.5]
+    G = randn(len(times), 3, seed=8)
+    kw = dict(rtol=1e-6, atol=1e-8)
+    fd = _frozen_fd(f, y0, times, G, "dopri5", False, **kw)
+    g_t = _time_gradient(f, y0, times, G, "dopri5", "checkpoint", **kw)[0]
+    assert torch.allclose(g_t, fd, rtol=1e-7, atol=1e-9), (g_t, fd)
+
+
+@pytest.mark.parametrize("interp", ["linear", "cubic"])
+@pytest.mark.parametrize("gradient", ["direct", "checkpoint"])
+def test_step_size_grid_time_gradient_matches_finite_differences(gradient, interp):
+    # one grid from t0 (torchdiffeq's step_size): it moves with t0, its last step ends at
+    # t_K, outputs between grid points move along the interpolant. The grid's step count
+    # does not change under ±eps here (no time lies within eps of a grid point), so
+    # central differences of the solve itself are the reference.
+    f = _Recorded()
+    y0 = randn(3, seed=5)
+    times = [0.1, 0.47, 0.66, 1.33]
+    G = randn(len(times), 3, seed=9)
+    kw = dict(method="rk4", options=dict(step_size=0.1, interp=interp))
+    g_t = _time_gradient(f, y0, times, G, gradient=gradient, **kw)[0]
+    eps, fd = 1e-6, torch.zeros(len(times), dtype=DT)
+    with torch.no_grad():
+        t = torch.tensor(times, dtype=DT)
+        for k in range(len(times)):
+            e = torch.zeros(len(times), dtype=DT)
+            e[k] = eps
+            fd[k] = (_loss(f, y0, t + e, G, **kw) - _loss(f, y0, t - e, G, **kw)) / (2 * eps)
+    assert torch.allclose(g_t, fd, rtol=1e-7, atol=1e-9), (g_t, fd)
+
+
+def test_adaptive_time_gradient_leaves_the_forward_solve_as_it_was():
+    f = _Recorded()
+    y0 = randn(3, seed=5)
+    t = torch.tensor([0.1, 0.6, 0.65, 1.3], dtype=DT, requires_grad=True)
+    sol = neurode.solve(f, y0, t, gradient="checkpoint")
+    with torch.no_grad():
+        plain = neurode.solve(f, y0, t.detach(), gradient="checkpoint")
+    assert torch.equal(sol.ys.detach(), plain.ys)
+    assert sol.stats.nfe_forward == plain.stats.nfe_forward
+
+
+def test_landing_on_outputs_closer_than_float64_resolves_refuses_their_time_gradient():
+    f = _Recorded()
+    y0 = randn(3, seed=5)
+    t = torch.tensor([0.0, 0.3, 0.1 * 3, 1.0], dtype=DT, requires_grad=True)  # one ulp apart
+    with pytest.raises(neurode.UnsupportedCombinationError, match="closer than float64"):
+        neurode.odeint(f, y0, t, options=dict(exact_outputs=True))
+    # dense outputs: both sit on the interpolant of one step and move along it
+    G = randn(4, 3, seed=3)
+    (g_t,) = torch.autograd.grad((neurode.odeint(f, y0, t) * G).sum(), t)
+    with torch.no_grad():
+        ys = neurode.odeint(f, y0, t.detach())
+        slope = torch.stack([f(t[k].detach(), ys[k]) for k in (1, 2)])
+    # dL/dt_k ≈ <G_k, f(t_k, y_k)>: the interpolant's slope, to the solver's tolerance
+    assert torch.allclose(g_t[1:3], (G[1:3] * slope).sum(-1), rtol=1e-4)

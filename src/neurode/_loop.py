@@ -26,11 +26,14 @@ from .errors import (
     MaxStepsExceededError,
     NonFiniteStateError,
     StepSizeUnderflowError,
+    UnsupportedCombinationError,
 )
-from .solvers.base import Solver, State
+from .solvers.base import Solver, State, same_time
 from .solvers.controller import Adaptive, FixedGrid
 
 _EPS = 2.220446049250313e-16  # float64 machine epsilon: times are float64
+#: ``(ds, s, q)``: how one step's evaluations move with the times (see ``Field.__call__``)
+Move = tuple[Tensor, float, Tensor | None]
 
 
 @dataclass
@@ -121,14 +124,20 @@ class Field:
         # evaluated one ulp (of the state's dtype) inside it, its one-sided limit:
         # {that end: the time f sees there}
         self.sides: dict[float, float] = {}
+        # t.requires_grad with an exact method: how each step moves with the times
+        # (solvers/moving.py); the loop hands it the slopes of interpolated outputs
+        self.motion = None
 
-    def __call__(self, t: float, y: Tensor) -> Tensor:
+    def __call__(self, t: float, y: Tensor, move: Move | None = None) -> Tensor:
+        """``f(t, y)``; ``move = (ds, s, q)`` (zero-valued tensors ``ds``, ``q``) evaluates
+        it at ``t + ds + (t − s) q`` scaled by ``1 + q``: the same value, differentiable
+        in how the step from ``s`` moves with the output times (SPEC §5.2)."""
         if self.discover:
             self._evals += 1
             if self._evals & (self._evals - 1) == 0:
                 with torch.enable_grad():
                     mark = _graph_clock()
-                    out = self._eval(t, y.detach())
+                    out = self._eval(t, y.detach(), move)
                 nodes: set = set()
                 self.found.extend(graph_leaves(out, self.stop, nodes))
                 # autograd numbers its nodes in creation order: one older than this
@@ -137,7 +146,7 @@ class Field:
                 self.shared_graph = outside or (self.shared_graph and self._looked)
                 self._looked = True
                 return out.detach()
-        return self._eval(t, y)
+        return self._eval(t, y, move)
 
     def user_state(self, y: Tensor):
         """``y`` in the caller's structure (a tuple for tuple states)."""
@@ -146,7 +155,7 @@ class Field:
         shapes, numels = self.structure
         return tuple(p.view(s) for p, s in zip(y.split(numels), shapes))
 
-    def _eval(self, t: float, y: Tensor) -> Tensor:
+    def _eval(self, t: float, y: Tensor, move: Move | None = None) -> Tensor:
         for end, seen in self.sides.items():  # a step landing there may miss it by an ulp
             if abs(t - end) <= 4 * math.ulp(end):
                 t = seen
@@ -157,6 +166,14 @@ class Field:
             self.stats.nfe_forward += 1
         # scalar_tensor: the same value as torch.tensor(t, dtype=...), at half the cost
         tt = torch.scalar_tensor(t, dtype=self.dtype, device=self.device)
+        if move is not None:
+            ds, s, q = move
+            tt = tt + ds if q is None else tt + ds + (tt - s) * q
+            out = self._eval_at(tt, y)
+            return out if q is None else out * (1.0 + q)
+        return self._eval_at(tt, y)
+
+    def _eval_at(self, tt: Tensor, y: Tensor) -> Tensor:
         if self.structure is None:
             out = self.func(tt, y)
             self._check(out, self.shape, "")
@@ -326,11 +343,6 @@ def _check_fixed_resolution(control: FixedGrid, times: list[float]) -> None:
             )
 
 
-def _same_time(a: float, b: float) -> bool:
-    """Two times equal to float64 resolution (an output there is the state there)."""
-    return abs(a - b) <= 4 * _EPS * max(abs(a), abs(b))
-
-
 def integrate(
     solver: Solver,
     f: Field,
@@ -418,7 +430,7 @@ def integrate(
     while k <= K:
         target = times[-1] if dense_outputs else times[k]
         moves = True
-        if not fixed and _same_time(t, target):
+        if not fixed and same_time(t, target):
             t_new, moves = t, False  # outputs closer than float64 resolves: the current state
         elif fixed:
             t, h_step, t_new = next(grid)
@@ -492,7 +504,7 @@ def integrate(
         first_k = k
         inside: list[tuple[int, float]] = []
         while k <= K:
-            if _same_time(times[k], t_new):
+            if same_time(times[k], t_new):
                 outputs[k] = x_new[0]
                 traj.out_steps[k] = n_acc
             elif (times[k] - t_new) * direction < 0:
@@ -506,6 +518,20 @@ def integrate(
                 vals = dense.values([th for _, th in inside])
             for (kk, _), v in zip(inside, vals):
                 outputs[kk] = v
+        if getattr(f, "motion", None) is not None and not dense_outputs and k > first_k + 1:
+            # several outputs at one landing point: no step between them to carry t[k]'s
+            # derivative (with dense outputs, each moves along the interpolant instead)
+            raise UnsupportedCombinationError(
+                f"t requires grad, and output times {times[first_k]!r} and {times[k - 1]!r} "
+                f"are closer than float64 resolves while every output is landed on: use "
+                f"dense outputs (exact_outputs=False), or merge the times"
+            )
+        if getattr(f, "motion", None) is not None and moves and dense_outputs and not f.backward:
+            # how outputs inside the step (and at its end, if the step does not move
+            # with them) follow their times: the interpolant's slopes there
+            ends = [kk for kk in range(first_k, k) if traj.out_steps[kk] is not None]
+            with ctx(key):
+                f.motion.reached(t, h_step, inside, ends, dense)
         x, t = x_new, t_new
         if k > first_k:  # one check per step that reached outputs (fixed grids: only there)
             bad = not bool(torch.isfinite(x[0]).all())

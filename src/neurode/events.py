@@ -28,7 +28,6 @@ from .errors import (
     InvalidOptionError,
     InvalidStateError,
     MaxStepsExceededError,
-    UnsupportedCombinationError,
 )
 from .odeint import GradientLike, MethodLike
 from .solvers.controller import FixedGrid, resolve_control
@@ -83,16 +82,14 @@ def odeint_event(
         raise InvalidOptionError(f"event_fn must be callable as event_fn(t, y), got {event_fn!r}")
     if isinstance(t0, (list, tuple)) and t0:  # odeint(..., t, event_fn=...) passes t
         t0 = t0[0]
+    t0_grad = None  # t0 as a 0-d tensor, when the event time's gradient reaches it
     if isinstance(t0, Tensor):
-        if t0.requires_grad and torch.is_grad_enabled():
-            raise UnsupportedCombinationError(
-                "t0 requires grad, but neurode does not differentiate with respect to t0; "
-                "pass t0.detach()"
-            )
-        t0 = t0.detach().reshape(-1)
+        t0 = t0.reshape(-1)
         if t0.numel() < 1:
             raise InvalidOptionError("t0 must hold the start time")
-        t0 = t0[0]
+        if t0.requires_grad and torch.is_grad_enabled():
+            t0_grad = t0[0]
+        t0 = t0.detach()[0]
     start = check_times([t0], allow_single=True)[0]
     if not isinstance(y0, Tensor):
         raise InvalidStateError("odeint_event takes a tensor y0 (tuple states are not supported)")
@@ -171,9 +168,15 @@ def odeint_event(
                 hi = mid
         t_event = found.t + hi * found.h
 
-    # 3. the solve to the event with the requested gradient method
+    # 3. the solve to the event with the requested gradient method; with t0 requiring
+    # grad its steps move with t0 and t* stays put (SPEC §5.2), so that y(t*) carries
+    # ∂y(t*)/∂t0 into the implicit function theorem below
+    times = [start, t_event]
+    if t0_grad is not None:
+        t_end = torch.tensor(t_event, dtype=torch.float64, device=t0_grad.device)
+        times = torch.stack([t0_grad.to(torch.float64), t_end])
     sol = solve(
-        func, y0, [start, t_event], method=method, rtol=rtol, atol=atol, options=options,
+        func, y0, times, method=method, rtol=rtol, atol=atol, options=options,
         gradient=gradient, params=params,
     )  # fmt: skip
     y_event = sol.ys[-1]

@@ -15,7 +15,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ._inputs import check_state, check_times, explicit_params, find_modules, unique_tensors
+from ._inputs import (
+    check_state,
+    check_times,
+    explicit_params,
+    find_modules,
+    unique_tensors,
+)
 from ._loop import Field, SolveStats, StepRNG
 from .errors import InvalidOptionError, UnsupportedCombinationError
 from .gradients.adjoint import Adjoint
@@ -24,10 +30,9 @@ from .gradients.direct import Direct
 from .gradients.registry import resolve_gradient
 from .solvers.base import Solver
 from .solvers.controller import FixedGrid, resolve_control
-from .solvers.implicit import ImplicitRK
+from .solvers.moving import TimeMotion, moving
 from .solvers.perturb import neighbour, perturbed
 from .solvers.registry import method_names, resolve_solver
-from .solvers.rk import RungeKutta
 from .solvers.scipy_solver import ScipySolver
 from .solvers.tableau import ButcherTableau
 
@@ -105,12 +110,11 @@ def solve(
         solver = perturbed(solver, times[-1] - times[0])
     explicit = explicit_params(params)
     t_grad = isinstance(t, Tensor) and t.requires_grad and torch.is_grad_enabled()
+    motion = None
     if t_grad and not isinstance(grad, Adjoint) and len(times) > 1:
-        # SPEC §5.2 for the exact methods: on a grid of N steps per output interval
-        _check_time_gradient(solver, control, grad)
-        return _solve_time_mapped(
-            func, flat, t, times, structure, solver, control, grad, explicit, options
-        )
+        # SPEC §5.2 for the exact methods: the steps move with the times
+        motion = _time_motion(solver, control, grad, t, times, flat)
+        explicit = [*explicit, t]  # its gradient reaches t (and, through t, its graph)
     stats = SolveStats()
     pieces = _pieces(times, getattr(control, "jump_t", ()), flat.dtype)
     if len(pieces) > 1 and t_grad:
@@ -120,7 +124,8 @@ def solve(
         )
     run = functools.partial(
         _solve_piece, solver=solver, control=control, grad=grad, explicit=explicit,
-        stats=stats, structure=structure, options=options, t_in=t if t_grad else None,
+        stats=stats, structure=structure, options=options,
+        t_in=t if t_grad and motion is None else None, motion=motion,
     )  # fmt: skip
     return _chain(run, [(func, *piece) for piece in pieces], flat, times, structure, stats)
 
@@ -171,15 +176,18 @@ def _pieces(times: list[float], jumps, dtype) -> list[tuple[list[float], dict, l
 
 def _solve_piece(
     func, flat, times, sides, *, solver, control, grad, explicit, stats, structure, options, t_in,
-    modules=None,
+    motion=None,
 ):  # fmt: skip
     field = Field(func, flat, stats, structure)
     field.sides = sides
     field.stop = tuple(q for q in explicit if q.grad_fn is not None)
+    if motion is not None:
+        field.motion = motion
+        solver = moving(solver, motion)
     rng = StepRNG(flat.device) if grad.preserve_rng else None
     problem = Problem(
         solver, field, flat, times, control, unique_tensors(explicit), stats,
-        find_modules(func) if modules is None else modules, dict(options or {}), rng,
+        find_modules(func), dict(options or {}), rng,
     )  # fmt: skip
     problem.t_input = t_in
     grad.check(problem)  # everything a configuration can get wrong raises before f runs
@@ -189,78 +197,34 @@ def _solve_piece(
         # direct backprop records whatever the caller's grad mode records; without
         # gradients every method is a plain solve that still draws random numbers the way
         # the requested method would, so a later recompute (ODEBlock) can replay it
-        return Direct().solve(problem)
-    return grad.solve(problem)
+        ys = Direct().solve(problem)
+    else:
+        ys = grad.solve(problem)
+    return ys if motion is None else motion.correct(ys)
 
 
-def _check_time_gradient(solver, control, grad) -> None:
-    """Raise unless the exact methods can differentiate this solve with respect to t."""
+def _time_motion(solver, control, grad, t: Tensor, times: list[float], like: Tensor) -> TimeMotion:
+    """How the steps follow ``t``; raises where the exact methods cannot differentiate it."""
+    fixed = isinstance(control, FixedGrid)
     why = None
-    if not isinstance(control, FixedGrid) or control.step_size is not None:
-        why = "adaptive steps" if not isinstance(control, FixedGrid) else "a step_size grid"
-    elif control.grid_points is not None or control.grid_constructor is not None:
-        why = "a grid_constructor grid"
+    if fixed and (control.grid_points is not None or control.grid_constructor is not None):
+        why = "a grid_constructor grid, whose points do not follow t"
     elif getattr(solver, "perturbed", False):
         why = "perturb (f sees times nudged inside each step)"
-    elif type(solver) not in (RungeKutta, ImplicitRK):
-        why = f"{solver.name!r}, whose state carries history across output times"
+    elif solver.rate_slots is None:
+        why = f"{solver.name!r}, whose state carries history across steps"
     if why is not None:
         raise UnsupportedCombinationError(
-            f"t requires grad, but gradient={grad.name!r} differentiates the times only on a "
-            f"fixed grid of N steps per output interval (options=dict(steps=N), or one step "
-            f"each), where the grid moves with t, with a Runge-Kutta method; here: {why}. "
-            f"gradient='adjoint' (odeint_adjoint) gives the continuous derivative "
-            f"dL/dt_k = <dL/dy_k, f(t_k, y_k)>; or pass t.detach()"
+            f"t requires grad, but gradient={grad.name!r} cannot differentiate the times "
+            f"here: {why}. gradient='adjoint' (odeint_adjoint) gives the continuous "
+            f"derivative dL/dt_k = <dL/dy_k, f(t_k, y_k)>; or pass t.detach()"
         )
-
-
-class _TimeMapped:
-    """Output interval ``k`` of the solve as ``dy/dτ = Δ f(t_k + Δ(τ − k), y)`` on
-    ``τ ∈ [k, k + 1]``, ``Δ = t_{k+1} − t_k``: the times are tensors inside the field,
-    so every gradient method differentiates them as it does parameters. A Runge–Kutta
-    step of ``1/N`` in τ is the step of ``Δ/N`` in t (the same discretisation)."""
-
-    def __init__(self, func, t: Tensor, k: int):
-        self.func, self.t, self.k = func, t, k
-
-    def _time(self, tau: Tensor) -> Tensor:
-        t0, t1 = self.t[self.k].to(tau.device), self.t[self.k + 1].to(tau.device)
-        return (t0 + (t1 - t0) * (tau.to(t0.dtype) - self.k)).to(tau.dtype)
-
-    def __call__(self, tau: Tensor, y):
-        out = self.func(self._time(tau), y)
-        scale = self.t[self.k + 1] - self.t[self.k]
-        if isinstance(out, (tuple, list)):
-            return tuple(o * scale.to(o.dtype).to(o.device) for o in out)
-        if isinstance(out, Tensor):
-            return out * scale.to(out.dtype).to(out.device)
-        return out
-
-    def __getattr__(self, name: str):
-        # torchdiffeq's step callbacks, handed t and dt in the caller's time
-        if not name.startswith("callback_"):
-            raise AttributeError(name)
-        cb = getattr(self.func, name)
-        scale = self.t[self.k + 1] - self.t[self.k]
-
-        def mapped(tau, y, dtau):
-            return cb(self._time(tau), y, dtau * scale.detach().to(dtau.dtype))
-
-        return mapped
-
-
-def _solve_time_mapped(func, flat, t, times, structure, solver, control, grad, explicit, options):
-    stats = SolveStats()
-    run = functools.partial(
-        _solve_piece, solver=solver, control=control, grad=grad, explicit=explicit,
-        stats=stats, structure=structure, options=options, t_in=None,
-        modules=find_modules(func),
-    )  # fmt: skip
-    pieces = [
-        (_TimeMapped(func, t, k), [float(k), float(k + 1)], {}, [0, 1] if k == 0 else [1])
-        for k in range(len(times) - 1)
-    ]
-    return _chain(run, pieces, flat, times, structure, stats)
+    if not control.exact_outputs and (control.dense if fixed else solver.interpolates):
+        return TimeMotion(t, times, like, "final")  # one grid from t0, outputs interpolated
+    if fixed and control.step_size is None:  # N equal steps per output interval
+        counts = [control.count(a, b) for a, b in zip(times[:-1], times[1:])]
+        return TimeMotion(t, times, like, "uniform", counts)
+    return TimeMotion(t, times, like, "each")  # every output landed on
 
 
 def odeint(

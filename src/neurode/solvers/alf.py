@@ -54,6 +54,7 @@ class ALF(ReversibleSolver):
 
     order = 2
     error_order = 1
+    rate_slots = (1,)  # v
 
     def __init__(self, damping: float = 1.0):
         damping = _number("ALF damping", damping)

@@ -23,6 +23,13 @@ from torch import Tensor
 State = tuple[Tensor, ...]
 VectorField = Callable[[float, Tensor], Tensor]
 
+_EPS = 2.220446049250313e-16  # float64 machine epsilon: times are float64
+
+
+def same_time(a: float, b: float) -> bool:
+    """Two times equal to float64 resolution (an output there is the state there)."""
+    return abs(a - b) <= 4 * _EPS * max(abs(a), abs(b))
+
 
 class Solver:
     """One explicit step. Subclasses set ``name``, ``order`` and ``error_order``.
@@ -38,6 +45,11 @@ class Solver:
     # is far less accurate than its steps (order > 4 without a continuous extension),
     # which then lands on every output instead
     interpolates: bool = True
+    # the entries of the state that are rates dy/dt (an FSAL stage, ALF's v): a step
+    # whose length moves with t rescales them (SPEC §5.2, solvers/moving.py). ``None``:
+    # unknown, or the state carries history across steps (multistep): such a solver
+    # does not differentiate the times
+    rate_slots: tuple[int, ...] | None = None
 
     @property
     def adaptive(self) -> bool:
@@ -104,6 +116,11 @@ class Interpolant(abc.ABC):
     def values(self, thetas: Sequence[float]) -> list[Tensor]:
         """The interpolated solution at every ``θ``."""
 
+    @abc.abstractmethod
+    def slopes(self, thetas: Sequence[float]) -> list[Tensor]:
+        """``∂y/∂θ`` at every ``θ`` (``h`` times the interpolant's time derivative): how an
+        output inside the step moves with its time (SPEC §5.2)."""
+
 
 class Linear(Interpolant):
     """``(1 − θ) y₀ + θ y₁``: second order, no evaluation (torchdiffeq's fixed-grid default)."""
@@ -115,6 +132,9 @@ class Linear(Interpolant):
 
     def values(self, thetas: Sequence[float]) -> list[Tensor]:
         return [torch.lerp(self.y0, self.y1, float(th)) for th in thetas]
+
+    def slopes(self, thetas: Sequence[float]) -> list[Tensor]:
+        return [self.y1 - self.y0 for _ in thetas]
 
 
 class Hermite(Interpolant):
@@ -130,13 +150,19 @@ class Hermite(Interpolant):
         self.y0, self.y1, self.f0, self.f1 = y0, y1, f0, f1
 
     def values(self, thetas: Sequence[float]) -> list[Tensor]:
+        return self._combine(thetas, hermite_weights)
+
+    def slopes(self, thetas: Sequence[float]) -> list[Tensor]:
+        return self._combine(thetas, hermite_slopes)
+
+    def _combine(self, thetas, weights) -> list[Tensor]:
         if self.f0 is None:
             self.f0 = self.f(self.t, self.y0)
         if self.f1 is None:
             self.f1 = self.f(self.t + self.h, self.y1)
         out = []
         for th in thetas:
-            w0, d0, w1, d1 = hermite_weights(float(th))
+            w0, d0, w1, d1 = weights(float(th))
             y = self.y0 * w0
             y.add_(self.y1, alpha=w1).add_(self.f0, alpha=self.h * d0)
             out.append(y.add_(self.f1, alpha=self.h * d1))
@@ -150,6 +176,16 @@ def hermite_weights(th: float) -> tuple[float, float, float, float]:
         th * (1.0 - th) ** 2,
         th * th * (3.0 - 2.0 * th),
         th * th * (th - 1.0),
+    )
+
+
+def hermite_slopes(th: float) -> tuple[float, float, float, float]:
+    """The θ-derivatives of :func:`hermite_weights`."""
+    return (
+        -6.0 * th * (1.0 - th),
+        (1.0 - th) * (1.0 - 3.0 * th),
+        6.0 * th * (1.0 - th),
+        th * (3.0 * th - 2.0),
     )
 
 
@@ -172,6 +208,14 @@ class Quadratic(Interpolant):
             out.append(y)
         return out
 
+    def slopes(self, thetas: Sequence[float]) -> list[Tensor]:
+        out = []
+        for th in thetas:
+            th = float(th)
+            y = (self.y1 - self.y0).mul_(2.0 * th)
+            out.append(y.add_(self.f0, alpha=self.h * (1.0 - 2.0 * th)))
+        return out
+
 
 #: from this many outputs in one step on, a polynomial interpolant evaluates them together
 _BATCHED = 3
@@ -180,9 +224,23 @@ _BATCHED = 3
 class Polynomial(Interpolant):
     """A continuous extension ``y₀ + h Σ bᵢ(θ) kᵢ`` from the step's own stages."""
 
-    def __init__(self, weights: Callable[[float], Sequence[float]], h: float, y0, ks, order: int):
+    def __init__(
+        self,
+        weights: Callable[[float], Sequence[float]],
+        h: float,
+        y0,
+        ks,
+        order: int,
+        slope_weights: Callable[[float], Sequence[float]] | None = None,
+    ):
         self.weights, self.h, self.y0, self.ks = weights, h, y0, ks
         self.order = order
+        self.slope_weights = slope_weights  # θ ↦ (b₁'(θ), …, b_s'(θ))
+
+    def slopes(self, thetas: Sequence[float]) -> list[Tensor]:
+        if self.slope_weights is None:
+            raise NotImplementedError("this continuous extension gives no slope weights")
+        return [combine(None, self.h, self.slope_weights(float(th)), self.ks) for th in thetas]
 
     def values(self, thetas: Sequence[float]) -> list[Tensor]:
         if len(thetas) < _BATCHED or not isinstance(self.y0, Tensor):

@@ -82,9 +82,20 @@ def _weights(rows) -> Weights:
     return weights
 
 
+def _derivative(rows) -> list[tuple]:
+    """Each polynomial's θ-derivative (lowest power first)."""
+    return [tuple(i * c for i, c in enumerate(r))[1:] or (0,) for r in rows]
+
+
 DENSE: dict[str, Weights] = {name: _weights(rows) for name, rows in _COEFFS.items()}
+SLOPES: dict[str, Weights] = {name: _weights(_derivative(rows)) for name, rows in _COEFFS.items()}
 
 
 def dense_weights(name: str) -> Weights | None:
     """``θ ↦ (b₁(θ), …, b_s(θ))`` for the tableau ``name``, or ``None`` if it has none."""
     return DENSE.get(name)
+
+
+def slope_weights(name: str) -> Weights | None:
+    """``θ ↦ (b₁'(θ), …, b_s'(θ))``, the θ-derivatives of :func:`dense_weights`."""
+    return SLOPES.get(name)

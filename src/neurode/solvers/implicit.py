@@ -393,6 +393,8 @@ class ImplicitRK(Solver):
     factorizations and backward transposed solves.
     """
 
+    rate_slots = ()  # the state holds no rate
+
     def __init__(
         self,
         tableau: ImplicitTableau | str,

@@ -54,6 +54,8 @@ class Reversible(ReversibleSolver):
         coupling: λ in (0, 1]; default 0.999.
     """
 
+    rate_slots = ()  # the state holds no rate
+
     def __init__(self, base: str | ButcherTableau | RungeKutta = "rk4", coupling: float = 0.999):
         if isinstance(base, RungeKutta):
             base = base.tableau
@@ -208,3 +210,6 @@ class _Coupled(Interpolant):
         return [
             v.add(self.gap, alpha=1.0 + th * (self.coupling - 1.0)) for v, th in zip(vals, thetas)
         ]
+
+    def slopes(self, thetas):
+        return [v.add(self.gap, alpha=self.coupling - 1.0) for v in self.base.slopes(thetas)]

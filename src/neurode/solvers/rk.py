@@ -17,7 +17,7 @@ from .base import (
     VectorField,
     combine,
 )
-from .dense import ORDER, dense_weights
+from .dense import ORDER, dense_weights, slope_weights
 from .tableau import TABLEAUS, ButcherTableau
 
 
@@ -75,7 +75,7 @@ def rk_interpolant(
     if interp == "linear":
         return Linear(y0, y1)
     if weights is not None:
-        return Polynomial(weights, h, y0, ks, ORDER[tab.name])
+        return Polynomial(weights, h, y0, ks, ORDER[tab.name], slope_weights(tab.name))
     if not tab.fsal and tab.order <= 2:
         return Quadratic(h, y0, ks[0], y1)
     return Hermite(f, t, h, y0, y1, ks[0], ks[-1] if tab.fsal else None)
@@ -100,6 +100,7 @@ class RungeKutta(Solver):
         self.order = tableau.order
         self.error_order = tableau.error_order
         self.interpolates = dense_weights(tableau.name) is not None or tableau.order <= 4
+        self.rate_slots = (1,) if tableau.fsal else ()
 
     def init(self, f: VectorField, t0: float, y0: Tensor) -> State:
         if self.tableau.fsal:
