@@ -10,6 +10,7 @@ graph is built is decided by the caller (``torch.no_grad`` or not).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import warnings
 from array import array
@@ -65,19 +66,11 @@ class SolveStats:
         return self.nfe_forward + self.nfe_backward
 
     def as_dict(self) -> dict:
-        return {
-            "nfe_forward": self.nfe_forward,
-            "nfe_backward": self.nfe_backward,
-            "accepted_steps": self.accepted_steps,
-            "rejected_steps": self.rejected_steps,
-            "recomputed_steps": self.recomputed_steps,
-            "backward_steps": self.backward_steps,
-            **(
-                {}
-                if self.reconstruction_drift is None
-                else {"reconstruction_drift": self.reconstruction_drift}
-            ),
-        }
+        """The counters (``reconstruction_drift`` only once measured)."""
+        out = dataclasses.asdict(self)
+        if self.reconstruction_drift is None:
+            del out["reconstruction_drift"]
+        return out
 
 
 def _graph_clock() -> int | None:

@@ -288,16 +288,9 @@ def odeint(
             reverse_time=len(ts) > 1 and float(ts[1]) < float(ts[0]),
         )  # fmt: skip
     return solve(
-        func,
-        y0,
-        t,
-        method=method,
-        rtol=rtol,
-        atol=atol,
-        options=options,
-        gradient=gradient,
+        func, y0, t, method=method, rtol=rtol, atol=atol, options=options, gradient=gradient,
         params=params,
-    ).ys
+    ).ys  # fmt: skip
 
 
 def odeint_adjoint(

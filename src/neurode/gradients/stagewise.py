@@ -24,7 +24,6 @@ replayed whole, with the same gradient.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -35,18 +34,10 @@ from ..solvers.rk import RungeKutta
 from .base import add_into
 
 
-def stagewise_vjp(
-    runner,
-    t: float,
-    h: float,
-    x: State,
-    a: State,
-    key: int,
-    acc: list[Tensor | None],
-    inside: Sequence[tuple[float, Tensor]] = (),
-) -> State | None:
-    """The adjoint of step ``(t, h)`` from ``x`` given ``a``, stage by stage; ``None``
-    when the step is not one this replay supports (the caller replays it whole)."""
+def stagewise_vjp(runner, t: float, h: float, x: State, a: State, key: int, acc, inside=()):
+    """:meth:`Runner.step_vjp <neurode.gradients.base.Runner.step_vjp>` of step ``(t, h)``,
+    stage by stage (same arguments); ``None`` when the step is not one this replay
+    supports (the caller replays it whole)."""
     p = runner.p
     solver = p.solver
     if type(solver) is not RungeKutta:  # a subclass may change the step (perturb)

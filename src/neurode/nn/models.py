@@ -188,20 +188,12 @@ class _ODEClassifier(nn.Module):
         for w, s in zip(widths, strides):
             layers: list[nn.Module] = [_down(cin, w, s, norm)]
             for _ in range(depth):
-                layers.append(
-                    ODEBlock(
-                        self._make_func(w, norm, time),
-                        0.0,
-                        t1,
-                        method=method,
-                        steps=steps,
-                        step_size=step_size,
-                        gradient=gradient,
-                        recompute=recompute,
-                        rtol=rtol,
-                        atol=atol,
-                    )
-                )
+                block = ODEBlock(
+                    self._make_func(w, norm, time), 0.0, t1, method=method, steps=steps,
+                    step_size=step_size, gradient=gradient, recompute=recompute, rtol=rtol,
+                    atol=atol,
+                )  # fmt: skip
+                layers.append(block)
             stages.append(nn.Sequential(*layers))
             cin = w
         self.stages = nn.Sequential(*stages)

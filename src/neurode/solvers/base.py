@@ -102,6 +102,20 @@ class Solver:
         return f"{type(self).__name__}({self.name!r})"
 
 
+def derived_copy(solver: Solver, cache: dict, make: Callable[[type], type], **attrs) -> Solver:
+    """``solver``'s settings in an instance of ``make(type(solver))`` (made once per class
+    and kept in ``cache``), with ``attrs`` set: a subclass keeps every check of the
+    solver's kind true, and the gradient methods replay steps through its entries."""
+    cls = type(solver)
+    sub = cache.get(cls)
+    if sub is None:
+        sub = cache[cls] = make(cls)
+    out = object.__new__(sub)
+    out.__dict__.update(solver.__dict__)
+    out.__dict__.update(attrs)
+    return out
+
+
 class Interpolant(abc.ABC):
     """``θ ↦ y(t + θh)`` on one step, ``θ ∈ [0, 1]``.
 

@@ -40,6 +40,7 @@ drawn afresh on every evaluation): Newton evaluates it many times.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 import weakref
@@ -357,7 +358,7 @@ class ImplicitStats:
     backward_solves: int = 0
 
     def as_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return dataclasses.asdict(self)
 
     def reset(self) -> None:
         for f in fields(self):

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from ..errors import UnsupportedCombinationError
-from .base import _EPS, ReversibleSolver, Solver, same_time
+from .base import _EPS, ReversibleSolver, Solver, derived_copy, same_time
 
 #: how the steps follow the times: "final" — one grid from t0, only the last step lands
 #: (dense output); "each" — every output landed on, the grid restarts there;
@@ -174,14 +174,7 @@ def moving(solver: Solver, motion: TimeMotion) -> Solver:
     and the gradient methods replay steps through the same entries."""
     if solver.rate_slots is None:
         raise UnsupportedCombinationError(f"{solver.name!r} cannot follow the output times")
-    cls = type(solver)
-    sub = _SUBCLASSES.get(cls)
-    if sub is None:
-        sub = _SUBCLASSES[cls] = _subclass(cls)
-    out = object.__new__(sub)
-    out.__dict__.update(solver.__dict__)
-    out.motion = motion
-    return out
+    return derived_copy(solver, _SUBCLASSES, _subclass, motion=motion)
 
 
 def _subclass(cls: type) -> type:

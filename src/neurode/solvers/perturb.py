@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Solver
+from .base import Solver, derived_copy
 
 _SUBCLASSES: dict[type, type] = {}
 
@@ -54,15 +54,11 @@ def neighbour(t: float, toward: float, dtype) -> float:
 def perturbed(solver: Solver, direction: float) -> Solver:
     """``solver`` with its steps seeing ``f`` from inside (``direction``: the sign of
     the solve, toward which ``init``'s evaluation at ``t0`` moves)."""
-    cls = type(solver)
-    sub = _SUBCLASSES.get(cls)
-    if sub is None:
-        sub = _SUBCLASSES[cls] = _subclass(cls)
-    out = object.__new__(sub)
-    out.__dict__.update(solver.__dict__)
-    out.perturb_direction = 1.0 if direction >= 0 else -1.0
-    out.unperturbed = solver  # the adjoint's backward solve may be asked not to perturb
-    return out
+    # unperturbed: the adjoint's backward solve may be asked not to perturb
+    return derived_copy(
+        solver, _SUBCLASSES, _subclass,
+        perturb_direction=1.0 if direction >= 0 else -1.0, unperturbed=solver,
+    )  # fmt: skip
 
 
 def _subclass(cls: type) -> type:

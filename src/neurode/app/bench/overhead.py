@@ -14,6 +14,7 @@ the solves of every round.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -36,13 +37,7 @@ class SolverCase:
     atol: float = 1e-9
 
     def as_dict(self) -> dict:
-        return {
-            "name": self.name,
-            "method": self.method,
-            "steps": self.steps,
-            "rtol": self.rtol,
-            "atol": self.atol,
-        }
+        return dataclasses.asdict(self)
 
 
 LIBRARIES = ("neurode", "torchdiffeq", "torchode")

@@ -18,6 +18,7 @@ TorchDiffEqPack with ``--no-deps``, its pins refuse current torch).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from dataclasses import dataclass
 
@@ -37,12 +38,7 @@ class PeerInfo:
     reason: str | None = None
 
     def as_dict(self) -> dict:
-        return {
-            "name": self.name,
-            "available": self.available,
-            "version": self.version,
-            "reason": self.reason,
-        }
+        return dataclasses.asdict(self)
 
 
 def _version(dist: str) -> str | None:
