@@ -11,6 +11,7 @@ import math
 
 import pytest
 import torch
+from torch import Tensor
 
 import neurode
 from neurode import EventError, odeint_event
@@ -206,3 +207,31 @@ def test_event_time_gradient_with_respect_to_t0_in_reverse_time():
     assert abs(float(t_ev) - (0.3 + math.log(0.5))) < 1e-9
     (d_t0,) = torch.autograd.grad(t_ev, t0)
     assert abs(float(d_t0) - 1.0) < 1e-8
+
+
+def _drop(h0: Tensor, odeint_event_fn, **kw):
+    """A ball dropped from rest at height h0: (impact time, d impact time / d h0)."""
+    y0 = torch.stack([h0, torch.zeros_like(h0)])
+    t_ev, _ = odeint_event_fn(
+        falling, y0, torch.tensor(0.0, dtype=DT), event_fn=ground, rtol=1e-10, atol=1e-12, **kw
+    )
+    (d_h0,) = torch.autograd.grad(t_ev, h0)
+    return float(t_ev), float(d_h0)
+
+
+@pytest.mark.parametrize("gradient", ["direct", "checkpoint", "adjoint"])
+def test_bouncing_ball_impact_time_and_its_gradient_in_the_drop_height(gradient):
+    # t* = sqrt(2 h0 / g), dt*/dh0 = 1 / sqrt(2 g h0): closed forms; a quadratic y(t) is
+    # integrated exactly by dopri5, so only the root location's tolerance remains
+    h0 = torch.tensor(10.0, dtype=DT, requires_grad=True)
+    t_star, d_h0 = _drop(h0, odeint_event, gradient=gradient)
+    assert abs(t_star - math.sqrt(2 * 10.0 / G)) < 1e-9
+    assert abs(d_h0 - 1.0 / math.sqrt(2 * G * 10.0)) < 1e-9
+
+
+def test_bouncing_ball_agrees_with_torchdiffeq():
+    torchdiffeq = pytest.importorskip("torchdiffeq")  # a test extra (pip install -e .[dev])
+    ours = _drop(torch.tensor(7.5, dtype=DT, requires_grad=True), odeint_event)
+    theirs = _drop(torch.tensor(7.5, dtype=DT, requires_grad=True), torchdiffeq.odeint_event)
+    # both are the closed form to ~1e-9: they agree to that
+    assert abs(ours[0] - theirs[0]) < 1e-8 and abs(ours[1] - theirs[1]) < 1e-8, (ours, theirs)
