@@ -313,18 +313,21 @@ def test_reverse_time_adaptive_time_gradient_matches_the_frozen_steps():
     assert torch.allclose(g_t, fd, rtol=1e-7, atol=1e-9), (g_t, fd)
 
 
-@pytest.mark.parametrize("interp", ["linear", "cubic"])
+@pytest.mark.parametrize(
+    "opts", [dict(interp="linear"), dict(interp="cubic"), dict(exact_outputs=True)], ids=str
+)
 @pytest.mark.parametrize("gradient", ["direct", "checkpoint"])
-def test_step_size_grid_time_gradient_matches_finite_differences(gradient, interp):
+def test_step_size_grid_time_gradient_matches_finite_differences(gradient, opts):
     # one grid from t0 (torchdiffeq's step_size): it moves with t0, its last step ends at
-    # t_K, outputs between grid points move along the interpolant. The grid's step count
+    # t_K, outputs between grid points move along the interpolant; landing on every
+    # output, the grid restarts at each one instead. The grid's step count
     # does not change under ±eps here (no time lies within eps of a grid point), so
     # central differences of the solve itself are the reference.
     f = _Recorded()
     y0 = randn(3, seed=5)
     times = [0.1, 0.47, 0.66, 1.33]
     G = randn(len(times), 3, seed=9)
-    kw = dict(method="rk4", options=dict(step_size=0.1, interp=interp))
+    kw = dict(method="rk4", options=dict(step_size=0.1, **opts))
     g_t = _time_gradient(f, y0, times, G, gradient=gradient, **kw)[0]
     eps, fd = 1e-6, torch.zeros(len(times), dtype=DT)
     with torch.no_grad():
