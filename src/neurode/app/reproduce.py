@@ -280,6 +280,11 @@ def _fmt(x, spec=".2e") -> str:
     return format(x, spec)
 
 
+def _section(title: str, text: str) -> list[str]:
+    """A report section's heading and its explanation, each followed by a blank line."""
+    return ["", f"## {title}", "", text, ""]
+
+
 def _table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -377,13 +382,12 @@ def section_anode_regime(quick: bool, out: Path, cache: str | None = None) -> tu
 
 
 def _anode_regime_markdown(rows: list, meta: dict) -> list[str]:
-    md = ["", "## 7. Where the adjoint fails to train (digits ODE-ResNet sweep)", ""]
-    md.append(
+    md = _section(
+        "7. Where the adjoint fails to train (digits ODE-ResNet sweep)",
         f"Source: {meta['source']}. Test accuracy after a fixed budget, mean ± sd over seeds; "
         "gradient error vs direct (same solver) and reverse-time reconstruction error "
-        "(backward integration; ALF inverse for reversible), at initialisation → end."
+        "(backward integration; ALF inverse for reversible), at initialisation → end.",
     )
-    md.append("")
     md.append(
         _table(
             ["T", "steps", "solver", "norm", "scale", "gradient", "seeds", "test acc %",
@@ -421,76 +425,46 @@ def write_report(results: dict, out: Path) -> Path:
         md.append("\n**Quick mode**: tiny problems and few steps — a smoke test, not the findings.")
     rec = results.get("reconstruction")
     if rec:
-        md += ["", "## 1. Reverse-time reconstruction", ""]
-        md.append(
+        md += _section(
+            "1. Reverse-time reconstruction",
             "Relative error of y0 rebuilt from y(1): by integrating backwards with Euler "
             "(what the continuous adjoint does), by inverting ALF, and by inverting reversible "
-            "RK (midpoint base), each on the grid the forward used."
+            "RK (midpoint base), each on the grid the forward used.",
         )
-        md.append("")
         md.append(
             _table(
+                ["problem", "weights", "N_t", "growth ‖y(1)‖/‖y0‖", "backwards Euler",
+                 "ALF inverse", "reversible RK inverse"],
                 [
-                    "problem",
-                    "weights",
-                    "N_t",
-                    "growth ‖y(1)‖/‖y0‖",
-                    "backwards Euler",
-                    "ALF inverse",
-                    "reversible RK inverse",
-                ],
-                [
-                    [
-                        r["problem"],
-                        f"x{r['weight_scale']:g}",
-                        str(r["steps"]),
-                        _fmt(r["growth"], ".3g"),
-                        _fmt(r["backward_euler"]),
-                        _fmt(r["alf_inverse"]),
-                        _fmt(r["reversible_midpoint_inverse"]),
-                    ]
+                    [r["problem"], f"x{r['weight_scale']:g}", str(r["steps"]),
+                     _fmt(r["growth"], ".3g"), _fmt(r["backward_euler"]),
+                     _fmt(r["alf_inverse"]), _fmt(r["reversible_midpoint_inverse"])]
                     for r in rec["rows"]
                 ],
             )
-        )
+        )  # fmt: skip
         md += ["", "![reconstruction](reconstruction.png)"]
     grads = results.get("gradients")
     if grads:
-        md += ["", "## 2. Gradient accuracy", ""]
-        md.append(
+        md += _section(
+            "2. Gradient accuracy",
             "Relative error of float32 gradients (dL/dy0 and dL/dθ together) against float64 "
             "direct backprop through the same discretisation (for adaptive runs, float64 at the "
             "same tolerances, so grid differences show up in the floor). `floor` is float32 "
-            "direct backprop's own error."
+            "direct backprop's own error.",
         )
-        md.append("")
         md.append(
             _table(
+                ["problem", "steps", "solver", "gradient", "rel. error", "floor", "nfe fwd",
+                 "nfe bwd"],
                 [
-                    "problem",
-                    "steps",
-                    "solver",
-                    "gradient",
-                    "rel. error",
-                    "floor",
-                    "nfe fwd",
-                    "nfe bwd",
-                ],
-                [
-                    [
-                        r["problem"],
-                        r["regime"],
-                        str(r["solver"]),
-                        r["gradient"],
-                        _fmt(r["rel_error"]),
-                        _fmt(r.get("floor")),
-                        str(r["nfe_forward"]),
-                        str(r["nfe_backward"]),
-                    ]
+                    [r["problem"], r["regime"], str(r["solver"]), r["gradient"],
+                     _fmt(r["rel_error"]), _fmt(r.get("floor")), str(r["nfe_forward"]),
+                     str(r["nfe_backward"])]
                     for r in grads["rows"]
                 ],
             )
-        )
+        )  # fmt: skip
     mem = results.get("memory")
     if mem:
         md += ["", "## 3. Peak memory vs N_t", ""]
