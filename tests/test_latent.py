@@ -104,6 +104,39 @@ def test_gru_encoder_reads_only_the_observations_with_their_gaps():
             assert torch.allclose(logvar[b], ref_lv[0], atol=1e-12)
 
 
+def test_gru_encoder_gradients_equal_autograd_through_the_cell_loop():
+    # the encoder's hand-written backward against autograd through one GRUCell call per
+    # observation: every weight, the observations and the times (one trajectory sees nothing)
+    torch.manual_seed(3)
+    enc = GRUEncoder(2, 3, hidden=5).to(D64)
+    d = small_data(n=5)
+    x, m, t = d.window()
+    m = m.clone()
+    m[2] = 0
+    x = x.clone().requires_grad_(True)
+    t = t.clone().requires_grad_(True)
+    w_mu, w_lv = torch.randn(5, 3, dtype=D64), torch.randn(5, 3, dtype=D64)
+    inputs = [x, t, *enc.parameters()]
+
+    def loss(mu, logvar):
+        return (mu * w_mu).sum() + (logvar * w_lv).sum()
+
+    got = torch.autograd.grad(loss(*enc(x, m, t)), inputs, allow_unused=True)
+    hs = []
+    for b in range(len(d)):
+        h = torch.zeros(1, 5, dtype=D64)
+        t_prev = t[-1]
+        for i in reversed(torch.nonzero(m[b]).flatten().tolist()):
+            h = enc.cell(torch.cat([x[b, i], (t_prev - t[i]).reshape(1)]).unsqueeze(0), h)
+            t_prev = t[i]
+        hs.append(h)
+    ref_mu, ref_lv = enc.out(torch.cat(hs)).chunk(2, dim=1)
+    want = torch.autograd.grad(loss(ref_mu, ref_lv), inputs, allow_unused=True)
+    for g, w in zip(got, want):
+        assert torch.allclose(g, w, atol=1e-12, rtol=1e-12)
+    assert float(got[0][2].abs().max()) == 0.0  # no observations, no gradient
+
+
 def test_ode_rnn_encoder_flows_across_gaps_between_observations():
     torch.manual_seed(2)
     enc = ODERNNEncoder(2, 3, hidden=6, ode_hidden=8, method="dopri5", rtol=1e-10, atol=1e-10).to(
