@@ -56,17 +56,34 @@ def test_odeint_adjoint_time_gradient_torchdiffeq_style():
     assert torch.allclose(t.grad, torch.stack([0.8 * yT, -0.8 * yT]), rtol=1e-8)
 
 
-@pytest.mark.parametrize("gradient", ["direct", "checkpoint"])
-def test_exact_methods_refuse_time_gradients_of_multistep_methods(gradient):
-    # an Adams state carries past evaluations across steps: its steps cannot follow t
-    t = torch.tensor([0.0, 1.0], dtype=DT, requires_grad=True)
-    for method in ("explicit_adams", "implicit_adams"):
-        with pytest.raises(neurode.UnsupportedCombinationError, match="adjoint"):
-            neurode.odeint(lambda t, y: -y, torch.ones(2, dtype=DT), t, method=method,
-                           gradient=gradient)  # fmt: skip
-        with torch.no_grad():  # no gradient asked for: fine
-            neurode.odeint(lambda t, y: -y, torch.ones(2, dtype=DT), t, method=method,
-                           gradient=gradient)  # fmt: skip
+@pytest.mark.parametrize(
+    "opts",
+    [dict(steps=3), dict(step_size=0.07), dict(step_size=0.07, exact_outputs=True)],
+    ids=str,
+)
+@pytest.mark.parametrize("method", ["explicit_adams", "implicit_adams"])
+def test_multistep_time_gradient_matches_finite_differences(method, opts):
+    # Adams weights come from the step's past times as nodes (t_j − t)/h: when the grid
+    # follows t they move, and so do the weights. The grids here are smooth functions
+    # of t under ±eps (no output lies on a grid point, no step count changes), so
+    # central differences of the solve itself are the reference (tolerance as below)
+    f, y0 = _field()
+    for times in ([0.1, 0.6, 0.65, 1.3], [1.0, 0.33, 0.25, -0.5]):
+        G = randn(len(times), 3, seed=6)
+        kw = dict(method=method, options=opts)
+        got = []
+        for g in ("direct", "checkpoint"):
+            t = torch.tensor(times, dtype=DT, requires_grad=True)
+            got.append(torch.autograd.grad(_loss(f, y0, t, G, gradient=g, **kw), t)[0])
+        assert torch.allclose(got[1], got[0], rtol=1e-12, atol=1e-14)
+        eps, fd = 1e-6, torch.zeros(len(times), dtype=DT)
+        with torch.no_grad():
+            t = torch.tensor(times, dtype=DT)
+            for k in range(len(times)):
+                e = torch.zeros(len(times), dtype=DT)
+                e[k] = eps
+                fd[k] = (_loss(f, y0, t + e, G, **kw) - _loss(f, y0, t - e, G, **kw)) / (2 * eps)
+        assert torch.allclose(got[0], fd, rtol=1e-7, atol=1e-8), (times, got[0], fd)
 
 
 def test_adjoint_options_norm_seminorm_is_torchdiffeqs_spelling():
@@ -176,6 +193,18 @@ def test_exact_time_gradient_refused_where_the_grid_does_not_follow_t():
         neurode.odeint(f, y0, t, method="rk4", options=dict(grid_constructor=grid))
     with pytest.raises(neurode.UnsupportedCombinationError, match="perturb"):
         neurode.odeint(f, y0, t, method="rk4", options=dict(steps=2, perturb=True))
+
+    class Euler(neurode.solvers.base.Solver):  # a solver that does not declare rate_slots
+        name, order, error_order = "my_euler", 1, None
+
+        def init(self, f, t0, y0):
+            return (y0,)
+
+        def step(self, f, t, h, x):
+            return (x[0] + h * f(t, x[0]),), None
+
+    with pytest.raises(neurode.UnsupportedCombinationError, match="my_euler"):
+        neurode.odeint(f, y0, t, method=Euler(), options=dict(steps=2))
     # a single time: y(t0) = y0 does not depend on t, no solve, no error
     (y,) = neurode.odeint(f, y0, t[:1], method="dopri5")
     assert torch.equal(y, y0)

@@ -212,7 +212,7 @@ def _time_motion(solver, control, grad, t: Tensor, times: list[float], like: Ten
     elif getattr(solver, "perturbed", False):
         why = "perturb (f sees times nudged inside each step)"
     elif solver.rate_slots is None:
-        why = f"{solver.name!r}, whose state carries history across steps"
+        why = f"{solver.name!r}, which does not declare how its state follows the times"
     if why is not None:
         raise UnsupportedCombinationError(
             f"t requires grad, but gradient={grad.name!r} cannot differentiate the times "

@@ -45,11 +45,11 @@ class Solver:
     # is far less accurate than its steps (order > 4 without a continuous extension),
     # which then lands on every output instead
     interpolates: bool = True
-    # the entries of the state that are rates dy/dt (an FSAL stage, ALF's v): a step
-    # whose length moves with t rescales them (SPEC §5.2, solvers/moving.py). ``None``:
-    # unknown, or the state carries history across steps (multistep): such a solver
-    # does not differentiate the times
-    rate_slots: tuple[int, ...] | None = None
+    # the entries of the state that are rates dy/dt (an FSAL stage, ALF's v, a multistep
+    # history): indices, or a slice of a state whose length varies. A step whose length
+    # moves with t rescales them (SPEC §5.2, solvers/moving.py). ``None``: unknown; such
+    # a solver does not differentiate the times
+    rate_slots: tuple[int, ...] | slice | None = None
 
     @property
     def adaptive(self) -> bool:

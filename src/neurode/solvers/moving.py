@@ -90,6 +90,19 @@ class TimeMotion:
         q = (d[m] - d[b]) / h
         return (d[b], t, q), 1.0 + q
 
+    def shift(self, s: float) -> Tensor:
+        """How the grid point at time ``s`` moves with the times (zero-valued)."""
+        d = self.d
+        if self.mode == "uniform":
+            k = self._interval(s)
+            span = self.times[k + 1] - self.times[k]
+            j = round((s - self.times[k]) / span * self.counts[k])
+            return d[k] + (d[k + 1] - d[k]) * (j / self.counts[k])
+        if self.mode == "final":  # one grid from t0: only its end is an output
+            return d[-1] if same_time(s, self.times[-1]) else d[0]
+        b = self._interval(s)  # the grid restarts at every output
+        return d[b + 1] if same_time(s, self.times[b + 1]) else d[b]
+
     @property
     def start(self) -> tuple:
         return (self.d[0], self.times[0], None)
@@ -158,11 +171,11 @@ class _Moved:
 
 def _rates(solver: Solver, x, r: Tensor | None, inverse: bool = False):
     """``x`` with its rate entries scaled by ``r`` (``inverse``: divided)."""
-    if r is None or not solver.rate_slots:
+    slots = solver.rate_slots
+    if r is None or not slots:
         return x
-    return tuple(
-        (xi / r if inverse else xi * r) if i in solver.rate_slots else xi for i, xi in enumerate(x)
-    )
+    slots = range(len(x))[slots] if isinstance(slots, slice) else slots
+    return tuple((xi / r if inverse else xi * r) if i in slots else xi for i, xi in enumerate(x))
 
 
 _SUBCLASSES: dict[type, type] = {}
@@ -198,7 +211,16 @@ def _subclass(cls: type) -> type:
     def end_weights(self, h, theta, interp="auto"):
         return None  # an output inside a step moves with the step: replay it
 
+    def node_shift(self, t, h, times):
+        # a multistep method's past times as nodes (t_j − t)/h of its step: they move too
+        (ds, _, q), r = self.motion.of(t, h)
+        hh = h if r is None else h * r
+        moved = [((tj - t) + (self.motion.shift(tj) - ds)) / hh for tj in times]
+        return [m - m.detach() for m in moved]
+
     body = {"init": init, "step": step, "step_dense": step_dense, "end_weights": end_weights}
+    if hasattr(cls, "node_shift"):
+        body["node_shift"] = node_shift
     if issubclass(cls, ReversibleSolver):
 
         def inverse(self, f, t, h, x1):

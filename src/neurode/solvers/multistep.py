@@ -34,7 +34,10 @@ order of any ``p ≤ 4``. Afterwards a step costs one evaluation of ``f``
 
 **Gradients.** ``direct`` and ``checkpoint`` (exact gradients of the discretisation);
 ``adjoint`` on a fixed grid (its backward solve runs the same method).
-``reversible`` raises: the steps cannot be inverted.
+``reversible`` raises: the steps cannot be inverted. With ``t`` requiring grad the
+grid follows the times (solvers/moving.py): the past values of ``f`` are rates
+(``rate_slots``) and the nodes ``(t_j − t_n)/h`` move with the times, so the weights
+are differentiated too (``node_shift``).
 """
 
 from __future__ import annotations
@@ -73,6 +76,24 @@ def integration_weights(nodes: list[float]) -> list[float]:
     return weights
 
 
+def _weights(nodes: list[float], moves: list[Tensor] | None):
+    """The integration weights at ``nodes`` and, where the nodes move with the output
+    times, the weights' zero-valued motion (its derivative is theirs)."""
+    w = integration_weights(nodes)
+    if moves is None:
+        return w, None
+    moved = integration_weights([n + m for n, m in zip(nodes, moves)])
+    return w, [m - m.detach() for m in moved]
+
+
+def _adams(y: Tensor, h: float, w: list[float], dw: list[Tensor] | None, ks) -> Tensor:
+    """``y + h Σ w_j k_j``, plus ``h Σ dw_j k_j`` (zero-valued) when the weights move."""
+    out = combine(y, h, w, ks)
+    if dw is not None:
+        out = out + h * sum(d * k for d, k in zip(dw, ks))
+    return out
+
+
 def _order(order) -> int:
     if isinstance(order, bool) or not isinstance(order, int) or not 1 <= order <= MAX_ORDER:
         raise InvalidOptionError(f"Adams order must be an integer in 1..{MAX_ORDER}, got {order!r}")
@@ -88,6 +109,12 @@ class AdamsBashforth(Solver):
 
     error_order = None  # a fixed grid only: no error estimate
     implicit = False
+    rate_slots = slice(1, -1)  # the past values of f
+
+    def node_shift(self, t: float, h: float, times: list[float]) -> list[Tensor] | None:
+        """How the nodes ``(t_j − t)/h`` move with the output times (zero-valued tensors),
+        when the steps follow them (SPEC §5.2, solvers/moving.py); ``None``: they do not."""
+        return None
 
     def __init__(self, order: int = 4):
         self.order = _order(order)
@@ -115,15 +142,23 @@ class AdamsBashforth(Solver):
         if len(hist) < self.order:  # start-up: one RK4 step, then f at its end
             y1, _, _ = rk_step(RK4, f, t, h, y, hist[0])
         else:
-            nodes = [(tj - t) / h for tj in times[: self.order]]
-            y1 = combine(y, h, integration_weights(nodes), hist[: self.order])
+            p = self.order
+            nodes = [(tj - t) / h for tj in times[:p]]
+            moves = self.node_shift(t, h, times[:p])
+            w, dw = _weights(nodes, moves)
+            y1 = _adams(y, h, w, dw, hist[:p])
             if self.implicit:
                 # Adams–Moulton of the same order: through t_{n+1} and the p − 1 newest f
-                nodes = [1.0] + nodes[: self.order - 1]
-                w = integration_weights(nodes)
-                base = combine(y, h, w[1:], hist[: self.order - 1]) if self.order > 1 else y
+                nodes = [1.0] + nodes[: p - 1]
+                if moves is not None:  # t_{n+1} ends the step: node 1 however it moves
+                    moves = [torch.zeros_like(moves[0])] + moves[: p - 1]
+                w, dw = _weights(nodes, moves)
+                base = y if p == 1 else _adams(y, h, w[1:], dw and dw[1:], hist[: p - 1])
                 for _ in range(self.corrector_iters):
-                    y1 = base.add(f(t1, y1), alpha=h * w[0])
+                    f1 = f(t1, y1)
+                    y1 = base.add(f1, alpha=h * w[0])
+                    if dw is not None:
+                        y1 = y1 + (h * dw[0]) * f1
         f1 = f(t1, y1)
         keep = self.order - 1
         new_times = torch.tensor([t1, *times[:keep]], dtype=torch.float64)
