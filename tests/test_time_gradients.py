@@ -186,11 +186,6 @@ def test_exact_time_gradient_refused_where_the_grid_does_not_follow_t():
     f, y0 = _field()
     t = torch.tensor([0.0, 1.0], dtype=DT, requires_grad=True)
 
-    def grid(func, y0, t):
-        return torch.linspace(0.0, 1.0, 5, dtype=DT)
-
-    with pytest.raises(neurode.UnsupportedCombinationError, match="grid_constructor"):
-        neurode.odeint(f, y0, t, method="rk4", options=dict(grid_constructor=grid))
     with pytest.raises(neurode.UnsupportedCombinationError, match="perturb"):
         neurode.odeint(f, y0, t, method="rk4", options=dict(steps=2, perturb=True))
 
@@ -393,3 +388,79 @@ def test_landing_on_outputs_closer_than_float64_resolves_refuses_their_time_grad
         slope = torch.stack([f(t[k].detach(), ys[k]) for k in (1, 2)])
     # dL/dt_k ≈ <G_k, f(t_k, y_k)>: the interpolant's slope, to the solver's tolerance
     assert torch.allclose(g_t[1:3], (G[1:3] * slope).sum(-1), rtol=1e-4)
+
+
+def _moving_grid(func, y0, t):
+    # torchdiffeq's way: a grid built from t by arithmetic, so it follows t
+    u = torch.tensor([0.0, 0.13, 0.3, 0.52, 0.71, 0.9, 1.0], dtype=t.dtype)
+    return t[0] + (t[-1] - t[0]) * u
+
+
+@pytest.mark.parametrize("method", ["rk4", "dopri5", "alf", "explicit_adams"])
+def test_grid_constructor_grid_built_from_t_moves_with_it(method):
+    # the reference: central differences of the solve, whose grid is rebuilt from t ± eps
+    f, y0 = _field()
+    times = [0.1, 0.45, 0.8, 1.3]
+    G = randn(len(times), 3, seed=10)
+    kw = dict(method=method, options=dict(grid_constructor=_moving_grid, interp="cubic"))
+    got = []
+    for g in ("direct", "reversible" if method == "alf" else "checkpoint"):
+        t = torch.tensor(times, dtype=DT, requires_grad=True)
+        got.append(torch.autograd.grad(_loss(f, y0, t, G, gradient=g, **kw), t)[0])
+    assert torch.allclose(got[1], got[0], rtol=1e-11, atol=1e-13)
+    eps, fd = 1e-6, torch.zeros(len(times), dtype=DT)
+    with torch.no_grad():
+        t = torch.tensor(times, dtype=DT)
+        for k in range(len(times)):
+            e = torch.zeros(len(times), dtype=DT)
+            e[k] = eps
+            fd[k] = (_loss(f, y0, t + e, G, **kw) - _loss(f, y0, t - e, G, **kw)) / (2 * eps)
+    assert torch.allclose(got[0], fd, rtol=1e-7, atol=1e-9), (got[0], fd)
+
+
+def test_grid_constructor_constant_grid_moves_only_the_outputs_inside_it():
+    # a grid that does not depend on t stays put (as in torchdiffeq): an output time
+    # moves along the interpolant of the step it falls in; t0 and t_K end the grid, so
+    # only the interior times can be perturbed (the grid must start and end on t)
+    f, y0 = _field()
+    times = [0.0, 0.45, 0.8, 1.0]
+    G = randn(len(times), 3, seed=11)
+
+    def grid(func, y0, t):
+        return torch.linspace(0.0, 1.0, 7, dtype=DT)
+
+    kw = dict(method="rk4", options=dict(grid_constructor=grid, interp="cubic"))
+    t = torch.tensor(times, dtype=DT, requires_grad=True)
+    (g_t,) = torch.autograd.grad(_loss(f, y0, t, G, gradient="checkpoint", **kw), t)
+    eps = 1e-6
+    with torch.no_grad():
+        for k in (1, 2):
+            e = torch.zeros(len(times), dtype=DT)
+            e[k] = eps
+            tt = torch.tensor(times, dtype=DT)
+            fd = (_loss(f, y0, tt + e, G, **kw) - _loss(f, y0, tt - e, G, **kw)) / (2 * eps)
+            assert abs(float(g_t[k] - fd)) < 1e-8 * max(1.0, abs(float(fd)))
+    assert float(g_t[0]) == 0.0  # the grid does not start later when t0 does
+
+
+def test_grid_constructor_grid_depending_on_a_parameter_gets_its_gradient():
+    f, y0 = _field()
+    s = torch.tensor(0.4, dtype=DT, requires_grad=True)
+
+    def grid(func, y0, t):  # where the middle point sits depends on s
+        return torch.stack([t[0], t[0] + s * (t[-1] - t[0]), t[-1]])
+
+    times = torch.tensor([0.0, 1.0], dtype=DT)
+    G = randn(2, 3, seed=12)
+    kw = dict(method="rk4", options=dict(grid_constructor=grid))
+    (g_s,) = torch.autograd.grad(_loss(f, y0, times, G, gradient="checkpoint", **kw), s)
+    eps = 1e-6
+    with torch.no_grad():
+        ref = []
+        for v in (0.4 + eps, 0.4 - eps):
+            s.fill_(v)
+            ref.append(_loss(f, y0, times, G, **kw))
+        s.fill_(0.4)
+    assert abs(float(g_s) - float((ref[0] - ref[1]) / (2 * eps))) < 1e-8
+    with pytest.raises(neurode.UnsupportedCombinationError, match="grid that requires grad"):
+        _loss(f, y0, times, G, gradient="adjoint", **kw)

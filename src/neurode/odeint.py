@@ -103,18 +103,31 @@ def solve(
         return Solution(ys=ys, ts=torch.tensor(times, dtype=torch.float64), stats=stats)
     grad = resolve_gradient(gradient)
     control = resolve_control(solver, rtol, atol, options, structure)
+    moving_grid = None  # a grid_constructor grid that requires grad: its points move
     if getattr(control, "grid_constructor", None) is not None:  # torchdiffeq's option
         t_arg = t if isinstance(t, Tensor) else torch.tensor(times, dtype=flat.dtype)
-        control = control.with_grid(control.grid_constructor(func, y0, t_arg), times)
+        grid = control.grid_constructor(func, y0, t_arg)
+        control = control.with_grid(grid, times)
+        if isinstance(grid, Tensor) and grid.requires_grad and torch.is_grad_enabled():
+            moving_grid = grid.reshape(-1)
     if getattr(control, "perturb", False):  # torchdiffeq's option: f seen from inside steps
         solver = perturbed(solver, times[-1] - times[0])
     explicit = explicit_params(params)
     t_grad = isinstance(t, Tensor) and t.requires_grad and torch.is_grad_enabled()
     motion = None
-    if t_grad and not isinstance(grad, Adjoint) and len(times) > 1:
+    if moving_grid is not None and isinstance(grad, Adjoint) and not t_grad:
+        raise UnsupportedCombinationError(
+            "grid_constructor returned a grid that requires grad, and the adjoint's backward "
+            "treats its points as constants: that gradient would be dropped. Use an exact "
+            "gradient method, or return the grid detached"
+        )
+    if (t_grad or moving_grid is not None) and not isinstance(grad, Adjoint) and len(times) > 1:
         # SPEC §5.2 for the exact methods: the steps move with the times
-        motion = _time_motion(solver, control, grad, t, times, flat)
-        explicit = [*explicit, t]  # its gradient reaches t (and, through t, its graph)
+        t_in = t if isinstance(t, Tensor) else torch.tensor(times, dtype=torch.float64)
+        motion = _time_motion(solver, control, grad, t_in, times, flat, moving_grid)
+        # t's gradient reaches t (and, through t, its graph); what else the grid was
+        # built from is found by walking f's graph, as parameters are
+        explicit = [*explicit, t_in]
     stats = SolveStats()
     pieces = _pieces(times, getattr(control, "jump_t", ()), flat.dtype)
     if len(pieces) > 1 and t_grad:
@@ -203,13 +216,12 @@ def _solve_piece(
     return ys if motion is None else motion.correct(ys)
 
 
-def _time_motion(solver, control, grad, t: Tensor, times: list[float], like: Tensor) -> TimeMotion:
-    """How the steps follow ``t``; raises where the exact methods cannot differentiate it."""
+def _time_motion(solver, control, grad, t: Tensor, times, like, grid) -> TimeMotion:
+    """How the steps follow ``t`` (and a grid_constructor's grid, ``grid`` if it requires
+    grad); raises where the exact methods cannot differentiate it."""
     fixed = isinstance(control, FixedGrid)
     why = None
-    if fixed and (control.grid_points is not None or control.grid_constructor is not None):
-        why = "a grid_constructor grid, whose points do not follow t"
-    elif getattr(solver, "perturbed", False):
+    if getattr(solver, "perturbed", False):
         why = "perturb (f sees times nudged inside each step)"
     elif solver.rate_slots is None:
         why = f"{solver.name!r}, which does not declare how its state follows the times"
@@ -219,6 +231,8 @@ def _time_motion(solver, control, grad, t: Tensor, times: list[float], like: Ten
             f"here: {why}. gradient='adjoint' (odeint_adjoint) gives the continuous "
             f"derivative dL/dt_k = <dL/dy_k, f(t_k, y_k)>; or pass t.detach()"
         )
+    if fixed and control.grid_points is not None:  # its points move as the grid tensor
+        return TimeMotion(t, times, like, "grid", grid=(control.grid_points, grid))
     if not control.exact_outputs and (control.dense if fixed else solver.interpolates):
         return TimeMotion(t, times, like, "final")  # one grid from t0, outputs interpolated
     if fixed and control.step_size is None:  # N equal steps per output interval

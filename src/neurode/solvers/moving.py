@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import math
 
 import torch
 from torch import Tensor
@@ -39,34 +40,47 @@ from .base import _EPS, ReversibleSolver, Solver, derived_copy, same_time
 
 #: how the steps follow the times: "final" — one grid from t0, only the last step lands
 #: (dense output); "each" — every output landed on, the grid restarts there;
-#: "uniform" — N equal steps per output interval
-MODES = ("final", "each", "uniform")
+#: "uniform" — N equal steps per output interval; "grid" — a grid_constructor's points,
+#: each moving as the tensor the constructor returned (not at all if it is constant)
+MODES = ("final", "each", "uniform", "grid")
 
 
 class TimeMotion:
     """How the steps of one solve move with the caller's output times ``t``."""
 
-    def __init__(self, t: Tensor, times: list[float], like: Tensor, mode: str, counts=None):
+    def __init__(
+        self, t: Tensor, times: list[float], like: Tensor, mode: str, counts=None, grid=None
+    ):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
-        d = (t - t.detach()).to(dtype=like.dtype, device=like.device)
-        self.d = list(d.unbind(0))  # zero-valued: dt_k
+        self.d = _zero_valued(t, like)  # dt_k
         self.times = times
         self.sign = 1.0 if times[-1] >= times[0] else -1.0
         self.keys = [self.sign * v for v in times]
         self.mode = mode
         self.counts = counts  # steps per output interval ("uniform")
+        if mode == "grid":  # (its points, how each moves)
+            points, moves = grid
+            self.points = [self.sign * v for v in points]
+            self.moves = (
+                _zero_valued(moves, like)
+                if isinstance(moves, Tensor) and moves.requires_grad
+                else [like.new_zeros(())] * len(points)
+            )
         self.records: list[tuple[int, Tensor, Tensor]] = []  # (k, dθ_k, ∂y/∂θ)
 
-    def _interval(self, t: float) -> int:
-        """The output interval a step starting at ``t`` lies in."""
+    def _interval(self, t: float, keys=None) -> int:
+        """The output interval (or grid step, ``keys=self.points``) starting at ``t``."""
+        keys = self.keys if keys is None else keys
         key = self.sign * t
-        b = bisect.bisect_right(self.keys, key + 4 * _EPS * abs(key)) - 1
-        return min(max(b, 0), len(self.times) - 2)
+        b = bisect.bisect_right(keys, key + 4 * _EPS * abs(key)) - 1
+        return min(max(b, 0), len(keys) - 2)
 
     def target(self, t: float, h: float) -> int | None:
         """The output the step ``(t, h)`` lands on and follows, if any."""
         K = len(self.times) - 1
+        if self.mode == "grid":  # the grid's points move on their own: none follows
+            return None
         if self.mode == "final":
             return K if same_time(t + h, self.times[K]) else None
         m = self._interval(t) + 1
@@ -75,6 +89,10 @@ class TimeMotion:
     def of(self, t: float, h: float) -> tuple[tuple, Tensor | None]:
         """``(move, 1 + q)`` of the step ``(t, h)`` (``None``: its length does not move)."""
         d = self.d
+        if self.mode == "grid":
+            i = self._interval(t, self.points)
+            q = (self.moves[i + 1] - self.moves[i]) / h
+            return (self.moves[i], t, q), 1.0 + q
         if self.mode == "uniform":
             k = self._interval(t)
             n = self.counts[k]
@@ -93,6 +111,8 @@ class TimeMotion:
     def shift(self, s: float) -> Tensor:
         """How the grid point at time ``s`` moves with the times (zero-valued)."""
         d = self.d
+        if self.mode == "grid":
+            return self.moves[self._interval(s, self.points + [math.inf])]
         if self.mode == "uniform":
             k = self._interval(s)
             span = self.times[k + 1] - self.times[k]
@@ -134,6 +154,12 @@ class TimeMotion:
         for k, dtheta, slope in self.records:
             rows[k] = rows[k] + _Slide.apply(dtheta, slope)
         return torch.stack(rows)
+
+
+def _zero_valued(v: Tensor, like: Tensor) -> list[Tensor]:
+    """``v − v.detach()`` entry by entry, in ``like``'s dtype and device: zeros whose
+    derivative is ``v``'s."""
+    return list((v - v.detach()).to(dtype=like.dtype, device=like.device).unbind(0))
 
 
 class _Slide(torch.autograd.Function):
