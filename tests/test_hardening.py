@@ -146,9 +146,9 @@ def test_adjoint_backward_configuration_raises_before_f_runs():
 
 
 def test_times_requiring_grad_are_refused_not_treated_as_constants():
-    # with perturb, f sees times nudged inside each step: the steps cannot follow t
+    # the adjoint's time derivative is not given across jump_t's pieces
     t = T.clone().requires_grad_(True)
-    kw = dict(method="rk4", options=dict(steps=2, perturb=True))
+    kw = dict(options=dict(jump_t=[0.5]), gradient="adjoint")
     with pytest.raises(neurode.UnsupportedCombinationError, match="t.detach"):
         odeint(decay, Y0, t, **kw)
     with torch.no_grad():  # without gradients there is nothing to drop

@@ -186,9 +186,6 @@ def test_exact_time_gradient_refused_where_the_grid_does_not_follow_t():
     f, y0 = _field()
     t = torch.tensor([0.0, 1.0], dtype=DT, requires_grad=True)
 
-    with pytest.raises(neurode.UnsupportedCombinationError, match="perturb"):
-        neurode.odeint(f, y0, t, method="rk4", options=dict(steps=2, perturb=True))
-
     class Euler(neurode.solvers.base.Solver):  # a solver that does not declare rate_slots
         name, order, error_order = "my_euler", 1, None
 
@@ -418,6 +415,27 @@ def test_grid_constructor_grid_built_from_t_moves_with_it(method):
     assert torch.allclose(got[0], fd, rtol=1e-7, atol=1e-9), (got[0], fd)
 
 
+@pytest.mark.parametrize("opts", [dict(steps=2), dict(step_size=0.07)], ids=str)
+def test_perturbed_steps_follow_the_times_too(opts):
+    # perturb moves f's evaluations at a step's ends one ulp inside it; the steps still
+    # move with t, and central differences of the solve are the reference
+    f, y0 = _field()
+    times = [0.1, 0.6, 0.65, 1.3]
+    G = randn(len(times), 3, seed=14)
+    kw = dict(method="rk4", options=dict(perturb=True, **opts))
+    for g in ("direct", "checkpoint"):
+        t = torch.tensor(times, dtype=DT, requires_grad=True)
+        (g_t,) = torch.autograd.grad(_loss(f, y0, t, G, gradient=g, **kw), t)
+        eps, fd = 1e-6, torch.zeros(len(times), dtype=DT)
+        with torch.no_grad():
+            tt = torch.tensor(times, dtype=DT)
+            for k in range(len(times)):
+                e = torch.zeros(len(times), dtype=DT)
+                e[k] = eps
+                fd[k] = (_loss(f, y0, tt + e, G, **kw) - _loss(f, y0, tt - e, G, **kw)) / (2 * eps)
+        assert torch.allclose(g_t, fd, rtol=1e-7, atol=1e-9), (g, g_t, fd)
+
+
 def test_grid_constructor_constant_grid_moves_only_the_outputs_inside_it():
     # a grid that does not depend on t stays put (as in torchdiffeq): an output time
     # moves along the interpolant of the step it falls in; t0 and t_K end the grid, so
@@ -464,3 +482,47 @@ def test_grid_constructor_grid_depending_on_a_parameter_gets_its_gradient():
     assert abs(float(g_s) - float((ref[0] - ref[1]) / (2 * eps))) < 1e-8
     with pytest.raises(neurode.UnsupportedCombinationError, match="grid that requires grad"):
         _loss(f, y0, times, G, gradient="adjoint", **kw)
+
+
+@pytest.mark.parametrize("gradient", ["direct", "checkpoint"])
+def test_time_gradient_across_jump_t_chains_the_pieces(gradient):
+    # f jumps at t = 0.5; with jump_t=[0.5] the solve is two pieces, each seeing f's
+    # one-sided limit at the jump. The reference solves the two pieces by hand with the
+    # two smooth branches (the jump time a constant) and chains them: its t-gradient
+    # is the single-piece one tested above
+    mlp = MLP(dim=3, seed=4)
+
+    def left(t, y):
+        return mlp(t, y)
+
+    def right(t, y):
+        return mlp(t, y) - 0.7 * y
+
+    def f(t, y):
+        return left(t, y) if float(t) < 0.5 else right(t, y)
+
+    y0 = randn(3, seed=5)
+    times = [0.1, 0.3, 0.8, 1.3]
+    G = randn(len(times), 3, seed=13)
+    kw = dict(rtol=1e-8, atol=1e-10, gradient=gradient)
+    t = torch.tensor(times, dtype=DT, requires_grad=True)
+    ys = neurode.odeint(f, y0, t, options=dict(jump_t=[0.5]), **kw)
+    (g_t,) = torch.autograd.grad((ys * G).sum(), t)
+
+    t_ref = torch.tensor(times, dtype=DT, requires_grad=True)
+    jump = torch.tensor([0.5], dtype=DT)
+    first = neurode.odeint(left, y0, torch.cat([t_ref[:2], jump]), **kw)
+    second = neurode.odeint(right, first[-1], torch.cat([jump, t_ref[2:]]), **kw)
+    ref = torch.cat([first[:2], second[1:]])
+    (g_ref,) = torch.autograd.grad((ref * G).sum(), t_ref)
+    assert torch.allclose(ys, ref, rtol=1e-12, atol=1e-13)
+    assert torch.allclose(g_t, g_ref, rtol=1e-10, atol=1e-12), (g_t, g_ref)
+
+
+def test_time_gradient_with_jump_t_refused_at_an_output_or_with_the_adjoint():
+    f, y0 = _field()
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=DT, requires_grad=True)
+    with pytest.raises(neurode.UnsupportedCombinationError, match="jump time"):
+        neurode.odeint(f, y0, t, options=dict(jump_t=[0.5]))
+    with pytest.raises(neurode.UnsupportedCombinationError, match="adjoint"):
+        neurode.odeint(f, y0, t, options=dict(jump_t=[0.7]), gradient="adjoint")

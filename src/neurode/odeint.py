@@ -114,7 +114,7 @@ def solve(
         solver = perturbed(solver, times[-1] - times[0])
     explicit = explicit_params(params)
     t_grad = isinstance(t, Tensor) and t.requires_grad and torch.is_grad_enabled()
-    motion = None
+    motion = None  # seg ↦ how the steps of the piece over seg follow the times
     if moving_grid is not None and isinstance(grad, Adjoint) and not t_grad:
         raise UnsupportedCombinationError(
             "grid_constructor returned a grid that requires grad, and the adjoint's backward "
@@ -124,17 +124,24 @@ def solve(
     if (t_grad or moving_grid is not None) and not isinstance(grad, Adjoint) and len(times) > 1:
         # SPEC §5.2 for the exact methods: the steps move with the times
         t_in = t if isinstance(t, Tensor) else torch.tensor(times, dtype=torch.float64)
-        motion = _time_motion(solver, control, grad, t_in, times, flat, moving_grid)
+        motion = functools.partial(
+            _time_motion, solver, control, grad, t_in, times, flat, moving_grid
+        )
         # t's gradient reaches t (and, through t, its graph); what else the grid was
         # built from is found by walking f's graph, as parameters are
         explicit = [*explicit, t_in]
     stats = SolveStats()
     pieces = _pieces(times, getattr(control, "jump_t", ()), flat.dtype)
     if len(pieces) > 1 and t_grad:
-        raise UnsupportedCombinationError(
-            "t requires grad together with jump_t; the solve is split at the jumps and "
-            "its time derivative is not given across them: pass t.detach()"
-        )
+        why = None
+        if isinstance(grad, Adjoint):
+            why = "the adjoint's time derivative is not given across the jumps"
+        elif set(getattr(control, "jump_t", ())) & set(times[1:-1]):
+            why = "an output time is a jump time, where y is not differentiable in t"
+        if why is not None:
+            raise UnsupportedCombinationError(
+                f"t requires grad together with jump_t, and {why}: pass t.detach()"
+            )
     run = functools.partial(
         _solve_piece, solver=solver, control=control, grad=grad, explicit=explicit,
         stats=stats, structure=structure, options=options,
@@ -195,7 +202,7 @@ def _solve_piece(
     field.sides = sides
     field.stop = tuple(q for q in explicit if q.grad_fn is not None)
     if motion is not None:
-        field.motion = motion
+        field.motion = motion = motion(times)
         solver = moving(solver, motion)
     rng = StepRNG(flat.device) if grad.preserve_rng else None
     problem = Problem(
@@ -216,14 +223,17 @@ def _solve_piece(
     return ys if motion is None else motion.correct(ys)
 
 
-def _time_motion(solver, control, grad, t: Tensor, times, like, grid) -> TimeMotion:
-    """How the steps follow ``t`` (and a grid_constructor's grid, ``grid`` if it requires
-    grad); raises where the exact methods cannot differentiate it."""
+def _time_motion(solver, control, grad, t: Tensor, times, like, grid, seg=None) -> TimeMotion:
+    """How the steps over ``seg`` (a piece of ``times`` between jumps; default all)
+    follow ``t`` (and a grid_constructor's grid, ``grid`` if it requires grad); raises
+    where the exact methods cannot differentiate it."""
+    if seg is not None and seg != times:  # a jump_t piece: its ends at jumps stay put
+        at = {v: i for i, v in enumerate(times)}
+        t = torch.stack([t[at[v]] if v in at else t.new_tensor(v) for v in seg])
+        times = seg
     fixed = isinstance(control, FixedGrid)
     why = None
-    if getattr(solver, "perturbed", False):
-        why = "perturb (f sees times nudged inside each step)"
-    elif solver.rate_slots is None:
+    if solver.rate_slots is None:
         why = f"{solver.name!r}, which does not declare how its state follows the times"
     if why is not None:
         raise UnsupportedCombinationError(
