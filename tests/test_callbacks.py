@@ -58,10 +58,11 @@ def test_callbacks_follow_the_forward_steps(gradient):
         assert f.log["step_adj"] == []
 
 
-def test_fixed_grid_calls_accept_for_every_step():
+def test_fixed_grid_calls_only_callback_step_as_torchdiffeq():
     f = Field()
-    neurode.odeint(f, torch.ones(2, dtype=DT), [0.0, 1.0], method="rk4", options=dict(steps=7))
-    assert len(f.log["step"]) == len(f.log["accept"]) == 7 and f.log["reject"] == []
+    with pytest.warns(UserWarning, match="callback_accept_step and callback_reject_step"):
+        neurode.odeint(f, torch.ones(2, dtype=DT), [0.0, 1.0], method="rk4", options=dict(steps=7))
+    assert len(f.log["step"]) == 7 and f.log["accept"] == [] and f.log["reject"] == []
 
 
 def test_a_callback_that_is_never_called_warns():

@@ -352,7 +352,8 @@ def integrate(
     ``callbacks`` (default: the ``callback_step`` / ``callback_accept_step`` /
     ``callback_reject_step`` methods of the user's ``func``, torchdiffeq's names)
     are called with ``(t, y, dt)`` before every step attempt and after its
-    acceptance or rejection; replays in backward never call them.
+    acceptance or rejection (a fixed grid, as torchdiffeq's, calls only the first and
+    warns about the others); replays in backward never call them.
 
     Returns the solution ``y`` at every time, the final solver state and the
     trajectory record. ``on_step(i, t, h, x_before, x_after)`` is called after
@@ -364,12 +365,17 @@ def integrate(
     if callbacks is None:
         callbacks = Callbacks.of(f, "")
     fixed = isinstance(control, FixedGrid)
-    if fixed and callbacks.reject is not None:
+    if fixed and (callbacks.accept is not None or callbacks.reject is not None):
+        # as torchdiffeq: a fixed grid decides nothing, so it calls only callback_step
+        unused = [n for n, cb in (("accept", callbacks.accept), ("reject", callbacks.reject)) if cb]
         warnings.warn(
-            "a fixed grid rejects no step: func's callback_reject_step is never called",
+            f"a fixed grid accepts and rejects no step: func's "
+            f"{' and '.join(f'callback_{n}_step' for n in unused)} is never called "
+            f"(only callback_step is)",
             UserWarning,
             stacklevel=4,
         )
+        callbacks = Callbacks(step=callbacks.step)
     dense_outputs = not control.exact_outputs and (control.dense if fixed else solver.interpolates)
     interp = control.interp if fixed and control.interp == "linear" else "auto"
     traj = Trajectory(interp=interp)

@@ -274,7 +274,7 @@ def odeint(
         y0: initial state: a tensor of any shape, or a tuple of tensors.
         t: 1-D, strictly increasing or strictly decreasing output times.
         method: ``None`` (``"dopri5"``), ``"euler"``, ``"midpoint"`` (``"rk2"``), ``"heun"``, ``"rk4"``,
-            ``"bosh3"``, ``"dopri5"``, ``"tsit5"``, ``"alf"``, ``"heun3"``, ``"fehlberg2"``,
+            ``"bosh3"``, ``"dopri5"``, ``"tsit5"``, ``"alf"``, ``"heun2"``, ``"heun3"``, ``"fehlberg2"``,
             ``"adaptive_heun"``, ``"dopri8"``, ``"explicit_adams"``, ``"implicit_adams"``
             (fixed grids), ``"scipy_solver"`` (forward only, ``options=dict(solver=...)``),
             or a solver object

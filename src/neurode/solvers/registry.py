@@ -29,9 +29,8 @@ ALIASES = {
     "rk2": "midpoint",
     "explicit_euler": "euler",
     "rk45": "dopri5",
-    # torchdiffeq's names: Heun 2 with the Euler step embedded is neurode's "heun"
+    # torchdiffeq's name: Heun 2 with the Euler step embedded is neurode's "heun"
     "adaptive_heun": "heun",
-    "heun2": "heun",
     "fixed_adams": "implicit_adams",  # torchdiffeq's older name
 }
 _EXTRA: dict[str, Callable[[], Solver]] = {"alf": ALF}

@@ -127,10 +127,12 @@ EULER = _tableau("euler", c=[0], a=[[]], b=[1], order=1)
 MIDPOINT = _tableau("midpoint", c=[0, F(1, 2)], a=[[], [F(1, 2)]], b=[0, 1], order=2)
 
 # Heun's method with the Euler step as embedded first-order estimate: 2(1). It is
-# torchdiffeq's "adaptive_heun" (and, on a fixed grid, its "heun2"): aliases in registry.py.
+# torchdiffeq's "adaptive_heun" (an alias in registry.py).
 HEUN = _tableau(
     "heun", c=[0, 1], a=[[], [1]], b=[F(1, 2), F(1, 2)], order=2, b_hat=[1, 0], error_order=1
 )
+# The same step without the estimate: torchdiffeq's "heun2", a fixed-grid method.
+HEUN2 = _tableau("heun2", c=[0, 1], a=[[], [1]], b=[F(1, 2), F(1, 2)], order=2)
 
 RK4 = _tableau(
     "rk4",
@@ -296,5 +298,6 @@ DOPRI8 = _tableau(
 )  # fmt: skip
 
 TABLEAUS: dict[str, ButcherTableau] = {
-    t.name: t for t in (EULER, MIDPOINT, HEUN, HEUN3, RK4, BOSH3, FEHLBERG2, DOPRI5, TSIT5, DOPRI8)
+    t.name: t
+    for t in (EULER, MIDPOINT, HEUN, HEUN2, HEUN3, RK4, BOSH3, FEHLBERG2, DOPRI5, TSIT5, DOPRI8)
 }
