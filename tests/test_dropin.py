@@ -299,3 +299,30 @@ def test_adjoint_options_without_perturb_are_honoured():
     seen.clear()
     ys.sum().backward()
     assert {1.0, 0.5} <= set(seen)  # the backward evaluates at the grid points themselves
+
+
+def test_odeint_adjoint_gives_unused_adjoint_params_a_zero_gradient():
+    # torchdiffeq's adjoint_params default to func.parameters() and each gets a gradient,
+    # zero for one func never uses (an optimizer then still applies its weight decay)
+    class F(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used = torch.nn.Linear(2, 2).double()
+            self.unused = torch.nn.Linear(2, 2).double()
+
+        def forward(self, t, y):
+            return torch.tanh(self.used(y))
+
+    f = F()
+    y0 = torch.tensor([0.3, -0.2], dtype=torch.float64, requires_grad=True)
+    odeint_adjoint(f, y0, [0.0, 1.0], rtol=1e-10, atol=1e-12).sum().backward()
+    assert torch.equal(f.unused.weight.grad, torch.zeros_like(f.unused.weight))
+    adjoint = f.used.weight.grad.clone()
+    f.zero_grad(set_to_none=True)
+    neurode.odeint(f, y0, [0.0, 1.0], rtol=1e-10, atol=1e-12).sum().backward()
+    assert f.unused.weight.grad is None  # direct backprop: autograd's own None
+    assert torch.allclose(adjoint, f.used.weight.grad, rtol=1e-7)
+    # params= with an exact method: the declared tensor gets its (zero) gradient too
+    w = torch.ones(2, dtype=torch.float64, requires_grad=True)
+    ys = neurode.odeint(f, y0, [0.0, 1.0], gradient="checkpoint", params=[w])
+    assert torch.equal(torch.autograd.grad(ys.sum(), w)[0], torch.zeros(2, dtype=torch.float64))

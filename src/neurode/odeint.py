@@ -210,6 +210,7 @@ def _solve_piece(
         find_modules(func), dict(options or {}), rng,
     )  # fmt: skip
     problem.t_input = t_in
+    problem.declared = problem.params
     grad.check(problem)  # everything a configuration can get wrong raises before f runs
     if len(times) == 1:  # torchdiffeq: the solution at t0 alone is y0
         return flat[None]
@@ -337,10 +338,13 @@ def odeint_adjoint(
 
     ``adjoint_*`` configure the backward solve (default: the forward's
     settings; the forward ``norm`` is not reused, as in torchdiffeq).
-    ``adjoint_params`` are added to the tensors found by walking ``func``'s
-    graph; unlike torchdiffeq, a parameter ``func`` uses but that is missing
-    from ``adjoint_params`` still gets its gradient.
+    ``adjoint_params`` (default: ``func.parameters()`` for a module, as in
+    torchdiffeq) get gradients, zero for one ``func`` does not use; they are added to
+    the tensors found by walking ``func``'s graph, so unlike torchdiffeq a tensor
+    ``func`` uses but that is missing from ``adjoint_params`` still gets its gradient.
     """
+    if adjoint_params is None and isinstance(func, torch.nn.Module):
+        adjoint_params = tuple(func.parameters())  # torchdiffeq's default
     if adjoint_options is None and options is not None and isinstance(options, dict):
         adjoint_options = {k: v for k, v in options.items() if k != "norm"} or None
     gradient = Adjoint(

@@ -52,6 +52,7 @@ class Problem:
     options: dict = field(default_factory=dict)
     rng: StepRNG | None = None  # per-step random state, when the method replays steps
     t_input: Tensor | None = None  # the caller's t, when it requires grad (adjoint only)
+    declared: tuple[Tensor, ...] = ()  # the params= tensors (the others were found)
 
 
 class GradientMethod(abc.ABC):
@@ -265,8 +266,12 @@ class _SolveFunction(torch.autograd.Function):
             runner.p.field.backward = False
         if not runner.reusable:
             ctx.runner = None  # free what the forward kept as soon as it is used
+        # a tensor handed over as params= (torchdiffeq's adjoint_params) gets a gradient,
+        # zero where f does not use it, as torchdiffeq gives it
+        declared = {id(q) for q in runner.p.declared}
         g_params = [
-            None if g is None else g.to(dtype=p.dtype) for g, p in zip(g_params, runner.p.params)
+            (torch.zeros_like(p) if id(p) in declared else None) if g is None else g.to(p.dtype)
+            for g, p in zip(g_params, runner.p.params)
         ]
         g_t = None
         if ctx.t is not None:
