@@ -133,9 +133,11 @@ class _GRUFinalStates(torch.autograd.Function):
         d_inp = None
         if ctx.needs_input_grad[0]:
             d_inp = (d_rz @ w_ih[: 2 * h] + d_n @ w_ih[2 * h :]).view_as(inp)
-        d_w_ih = torch.cat([d_rz.t() @ x, d_n.t() @ x])
+        # the weight gradients as products over all steps, written x.t() @ d rather than
+        # d.t() @ x: on a CPU the latter takes 2-3x longer when x has few columns
+        d_w_ih = torch.cat([x.t() @ d_rz, x.t() @ d_n], 1).t()
         d_b_ih = torch.cat([d_rz.sum(0), d_n.sum(0)])
-        d_w_hh = dgh.t() @ h_prev.reshape(-1, h)
+        d_w_hh = (h_prev.reshape(-1, h).t() @ dgh).t()
         return d_inp, None, d_w_ih, d_w_hh, d_b_ih, dgh.sum(0)
 
 
