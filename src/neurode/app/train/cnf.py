@@ -46,14 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--blocks", type=int, default=1, help="stacked CNF blocks")
     p.add_argument("--T", type=float, default=1.0, help="integration time of each block")
     p.add_argument("--activation", default="tanh", choices=["tanh", "softplus", "elu", "silu"])
-    loop.add_solver_arguments(
-        p,
-        gradient="direct",
-        steps=8,
-        steps_help="fixed steps per block (0: adaptive)",
-        rtol=1e-5,
-        atol=1e-5,
-    )
+    loop.add_solver_arguments(p, gradient="direct", steps=8, per="block", rtol=1e-5, atol=1e-5)
     p.add_argument("--trace", default="auto", choices=["auto", "exact", "hutchinson"])
     p.add_argument("--noise", default="rademacher", choices=["rademacher", "gaussian"])
     p.add_argument("--kinetic", type=float, default=0.0, help="RNODE kinetic-energy weight")

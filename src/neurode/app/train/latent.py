@@ -52,12 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--obs-std", type=float, default=0.3, help="likelihood std")
     p.add_argument("--kl-warmup", type=int, default=0, help="epochs of linear KL annealing")
     loop.add_solver_arguments(
-        p,
-        gradient="checkpoint",
-        steps=0,
-        steps_help="fixed steps per grid interval (0, the default: adaptive, outputs interpolated)",
-        rtol=1e-5,
-        atol=1e-6,
+        p, gradient="checkpoint", steps=0, per="grid interval", rtol=1e-5, atol=1e-6
     )
     loop.add_run_arguments(p, "runs/latent-spirals")
     return p

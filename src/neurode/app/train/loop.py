@@ -50,16 +50,10 @@ def trainer_parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 
 def add_solver_arguments(
-    p: argparse.ArgumentParser,
-    *,
-    gradient: str,
-    steps: int,
-    steps_help: str,
-    rtol: float,
-    atol: float,
+    p: argparse.ArgumentParser, *, gradient: str, steps: int, per: str, rtol: float, atol: float
 ) -> None:
-    """``--gradient``, ``--method``, ``--steps``, ``--rtol``, ``--atol``, read by
-    :func:`solver_settings`."""
+    """``--gradient``, ``--method``, ``--steps`` (fixed steps per ``per``: a block, a grid
+    interval), ``--rtol``, ``--atol``, with these defaults; read by :func:`solver_settings`."""
     p.add_argument("--gradient", default=gradient, choices=GRADIENTS)
     p.add_argument(
         "--method",
@@ -67,7 +61,12 @@ def add_solver_arguments(
         help="solver (default: rk4 with --steps > 0, dopri5 with --steps 0, alf with "
         "--gradient reversible)",
     )
-    p.add_argument("--steps", type=int, default=steps, help=steps_help)
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=steps,
+        help=f"fixed steps per {per} (0: adaptive steps, outputs read from the dense output)",
+    )
     p.add_argument("--rtol", type=float, default=rtol, help="adaptive tolerances")
     p.add_argument("--atol", type=float, default=atol)
 
@@ -123,6 +122,11 @@ class Run:
     def checkpoint(self) -> Path:
         return self.out_dir / "checkpoint.pt"
 
+    @property
+    def state(self) -> dict:
+        """What a checkpoint saves and a resume restores besides the counters."""
+        return dict(model=self.model, optimizer=self.optimizer, scheduler=self.scheduler)
+
 
 def start_run(
     args: argparse.Namespace,
@@ -146,16 +150,11 @@ def start_run(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(
         opt, T_max=max(1, args.epochs * iters_per_epoch), eta_min=args.min_lr
     )
-    start_epoch, elapsed, logger = resume_training_state(
-        out_dir / "checkpoint.pt",
-        out_dir / "metrics.jsonl",
-        model=model,
-        optimizer=opt,
-        scheduler=sched,
-        device=device,
-        resume=args.resume,
+    run = Run(out_dir, device, model, opt, sched, iters_per_epoch, 1, 0.0, None)
+    run.start_epoch, run.elapsed, run.logger = resume_training_state(
+        run.checkpoint, out_dir / "metrics.jsonl", **run.state, device=device, resume=args.resume
     )
-    return Run(out_dir, device, model, opt, sched, iters_per_epoch, start_epoch, elapsed, logger)
+    return run
 
 
 class EpochLoop:
@@ -217,9 +216,7 @@ class EpochLoop:
         run = self.run
         save_training_state(
             run.checkpoint,
-            model=run.model,
-            optimizer=run.optimizer,
-            scheduler=run.scheduler,
+            **run.state,
             epoch=self.epoch,
             elapsed=self.elapsed,
             logger=run.logger,
