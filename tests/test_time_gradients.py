@@ -1,12 +1,14 @@
-"""Gradients with respect to the output times (SPEC §5.2), continuous adjoint.
+"""Gradients with respect to the output times (SPEC §5.2).
 
 The adjoint gives the continuous derivative, dL/dt_k = <dL/dy_k, f(t_k, y_k)> for
 k >= 1 and dL/dt_0 = -<a(t_0), f(t_0, y_0)>; at tight tolerances it must match
 central finite differences of the solve in the times (the discretisation error is
-far below the 1e-6 tolerance used). The exact methods differentiate the times on
-fixed grids of N steps per output interval (the grid moves with t): their
-gradient is the derivative of the discrete solution, checked by gradcheck and
-finite differences; elsewhere they refuse t.requires_grad.
+far below the 1e-6 tolerance used). The exact methods differentiate the steps
+that ran, their sizes held constant, moving with the times (solvers/moving.py):
+their gradient is the derivative of the discrete solution, checked against
+gradcheck, central differences of the solve where its grid is a smooth function
+of t, and central differences of the recorded adaptive steps rebuilt as a grid
+that moves with t. What cannot follow the times refuses t.requires_grad.
 """
 
 from __future__ import annotations
@@ -23,6 +25,18 @@ def _loss(f, y0, t, G, **kw):
     return (neurode.odeint(f, y0, t, **kw) * G).sum()
 
 
+def _central(loss, times, eps: float = 1e-6, ks=None):
+    """Central differences of ``loss(t)`` in every time (or those in ``ks``), no graph.
+    In float64 with eps = 1e-6 they err by ~1e-16/eps = 1e-10 (round-off) + O(eps²)."""
+    t, fd = torch.tensor(times, dtype=DT), torch.zeros(len(times), dtype=DT)
+    with torch.no_grad():
+        for k in range(len(times)) if ks is None else ks:
+            e = torch.zeros(len(times), dtype=DT)
+            e[k] = eps
+            fd[k] = (loss(t + e) - loss(t - e)) / (2 * eps)
+    return fd
+
+
 @pytest.mark.parametrize("times", [[0.0, 0.4, 1.1], [0.2, 1.0], [1.0, 0.3, -0.5]], ids=str)
 def test_adjoint_time_gradient_matches_finite_differences(times):
     f = MLP(dim=3, seed=1)
@@ -32,13 +46,7 @@ def test_adjoint_time_gradient_matches_finite_differences(times):
     kw = dict(rtol=1e-11, atol=1e-13)
     loss = _loss(f, y0, t, G, gradient="adjoint", **kw)
     g_t, g_y0 = torch.autograd.grad(loss, (t, y0))
-    eps = 1e-6
-    fd = torch.zeros(len(times), dtype=DT)
-    with torch.no_grad():
-        for k in range(len(times)):
-            e = torch.zeros(len(times), dtype=DT)
-            e[k] = eps
-            fd[k] = (_loss(f, y0, t + e, G, **kw) - _loss(f, y0, t - e, G, **kw)) / (2 * eps)
+    fd = _central(lambda tt: _loss(f, y0, tt, G, **kw), times)
     assert torch.allclose(g_t, fd, rtol=1e-6, atol=1e-8), (g_t, fd)
     # the y0 gradient is unchanged by asking for the times' too
     loss2 = _loss(f, y0, t.detach(), G, gradient="adjoint", **kw)
@@ -76,13 +84,7 @@ def test_multistep_time_gradient_matches_finite_differences(method, opts):
             t = torch.tensor(times, dtype=DT, requires_grad=True)
             got.append(torch.autograd.grad(_loss(f, y0, t, G, gradient=g, **kw), t)[0])
         assert torch.allclose(got[1], got[0], rtol=1e-12, atol=1e-14)
-        eps, fd = 1e-6, torch.zeros(len(times), dtype=DT)
-        with torch.no_grad():
-            t = torch.tensor(times, dtype=DT)
-            for k in range(len(times)):
-                e = torch.zeros(len(times), dtype=DT)
-                e[k] = eps
-                fd[k] = (_loss(f, y0, t + e, G, **kw) - _loss(f, y0, t - e, G, **kw)) / (2 * eps)
+        fd = _central(lambda tt, G=G, kw=kw: _loss(f, y0, tt, G, **kw), times)
         assert torch.allclose(got[0], fd, rtol=1e-7, atol=1e-8), (times, got[0], fd)
 
 
@@ -148,13 +150,8 @@ def test_exact_time_gradient_against_finite_differences_and_same_forward():
         plain = neurode.odeint(f, y0, t.detach(), **kw)
     assert torch.allclose(ys, plain, rtol=0, atol=1e-15)
     (g_t,) = torch.autograd.grad((ys * G).sum(), t)
-    eps, fd = 1e-6, torch.zeros(3, dtype=DT)
-    with torch.no_grad():
-        for k in range(3):
-            e = torch.zeros(3, dtype=DT)
-            e[k] = eps
-            fd[k] = (_loss(f, y0, t + e, G, **kw) - _loss(f, y0, t - e, G, **kw)) / (2 * eps)
     # central differences of a smooth function: O(eps^2) plus round-off / eps ~ 1e-10
+    fd = _central(lambda tt: _loss(f, y0, tt, G, **kw), times)
     assert torch.allclose(g_t, fd, rtol=1e-7, atol=1e-9), (g_t, fd)
 
 
@@ -257,13 +254,7 @@ def _frozen_fd(f, y0, times, G, method, each, eps=1e-6, **kw):
             opts = dict(grid_constructor=lambda func, y, t: grid, interp="cubic")
             return (neurode.odeint(f, y0, tt, method=method, options=opts) * G).sum()
 
-        fd = torch.zeros(len(times), dtype=DT)
-        t = torch.tensor(times, dtype=DT)
-        for k in range(len(times)):
-            e = torch.zeros(len(times), dtype=DT)
-            e[k] = eps
-            fd[k] = (loss(t + e) - loss(t - e)) / (2 * eps)
-    return fd
+    return _central(loss, times, eps)
 
 
 def _time_gradient(f, y0, times, G, method, gradient, **kw):
@@ -350,13 +341,7 @@ def test_step_size_grid_time_gradient_matches_finite_differences(gradient, opts)
     G = randn(len(times), 3, seed=9)
     kw = dict(method="rk4", options=dict(step_size=0.1, **opts))
     g_t = _time_gradient(f, y0, times, G, gradient=gradient, **kw)[0]
-    eps, fd = 1e-6, torch.zeros(len(times), dtype=DT)
-    with torch.no_grad():
-        t = torch.tensor(times, dtype=DT)
-        for k in range(len(times)):
-            e = torch.zeros(len(times), dtype=DT)
-            e[k] = eps
-            fd[k] = (_loss(f, y0, t + e, G, **kw) - _loss(f, y0, t - e, G, **kw)) / (2 * eps)
+    fd = _central(lambda tt: _loss(f, y0, tt, G, **kw), times)
     assert torch.allclose(g_t, fd, rtol=1e-7, atol=1e-9), (g_t, fd)
 
 
@@ -405,13 +390,7 @@ def test_grid_constructor_grid_built_from_t_moves_with_it(method):
         t = torch.tensor(times, dtype=DT, requires_grad=True)
         got.append(torch.autograd.grad(_loss(f, y0, t, G, gradient=g, **kw), t)[0])
     assert torch.allclose(got[1], got[0], rtol=1e-11, atol=1e-13)
-    eps, fd = 1e-6, torch.zeros(len(times), dtype=DT)
-    with torch.no_grad():
-        t = torch.tensor(times, dtype=DT)
-        for k in range(len(times)):
-            e = torch.zeros(len(times), dtype=DT)
-            e[k] = eps
-            fd[k] = (_loss(f, y0, t + e, G, **kw) - _loss(f, y0, t - e, G, **kw)) / (2 * eps)
+    fd = _central(lambda tt: _loss(f, y0, tt, G, **kw), times)
     assert torch.allclose(got[0], fd, rtol=1e-7, atol=1e-9), (got[0], fd)
 
 
@@ -426,13 +405,7 @@ def test_perturbed_steps_follow_the_times_too(opts):
     for g in ("direct", "checkpoint"):
         t = torch.tensor(times, dtype=DT, requires_grad=True)
         (g_t,) = torch.autograd.grad(_loss(f, y0, t, G, gradient=g, **kw), t)
-        eps, fd = 1e-6, torch.zeros(len(times), dtype=DT)
-        with torch.no_grad():
-            tt = torch.tensor(times, dtype=DT)
-            for k in range(len(times)):
-                e = torch.zeros(len(times), dtype=DT)
-                e[k] = eps
-                fd[k] = (_loss(f, y0, tt + e, G, **kw) - _loss(f, y0, tt - e, G, **kw)) / (2 * eps)
+        fd = _central(lambda tt: _loss(f, y0, tt, G, **kw), times)
         assert torch.allclose(g_t, fd, rtol=1e-7, atol=1e-9), (g, g_t, fd)
 
 
@@ -450,14 +423,9 @@ def test_grid_constructor_constant_grid_moves_only_the_outputs_inside_it():
     kw = dict(method="rk4", options=dict(grid_constructor=grid, interp="cubic"))
     t = torch.tensor(times, dtype=DT, requires_grad=True)
     (g_t,) = torch.autograd.grad(_loss(f, y0, t, G, gradient="checkpoint", **kw), t)
-    eps = 1e-6
-    with torch.no_grad():
-        for k in (1, 2):
-            e = torch.zeros(len(times), dtype=DT)
-            e[k] = eps
-            tt = torch.tensor(times, dtype=DT)
-            fd = (_loss(f, y0, tt + e, G, **kw) - _loss(f, y0, tt - e, G, **kw)) / (2 * eps)
-            assert abs(float(g_t[k] - fd)) < 1e-8 * max(1.0, abs(float(fd)))
+    fd = _central(lambda tt: _loss(f, y0, tt, G, **kw), times, ks=(1, 2))
+    for k in (1, 2):
+        assert abs(float(g_t[k] - fd[k])) < 1e-8 * max(1.0, abs(float(fd[k])))
     assert float(g_t[0]) == 0.0  # the grid does not start later when t0 does
 
 
