@@ -260,6 +260,22 @@ def test_train_latent_command_writes_pictures_and_resumes(tmp_path):
     assert np.isfinite(summary["test_interp_mse"])
 
 
+def test_train_latent_defaults_to_adaptive_dopri5_and_direct_backprop(tmp_path):
+    from neurode.app.train import latent as train_latent
+
+    args = train_latent.build_parser().parse_args([])
+    assert (args.gradient, args.steps, args.rtol, args.atol) == ("direct", 0, 1e-3, 1e-4)
+    out = tmp_path / "run"
+    argv = [
+        "--epochs", "1", "--n-train", "20", "--n-test", "4", "--n-window", "15",
+        "--n-extrap", "5", "--batch-size", "10", "--out", str(out), "--no-progress", "--no-plots",
+    ]  # fmt: skip
+    assert train_latent.main(argv) == 0
+    rec = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    # direct backprop: the field is evaluated in the forward solve only
+    assert rec["nfe_forward_per_iter"] > 0 and rec["nfe_backward_per_iter"] == 0
+
+
 def test_neurode_train_latent_is_dispatched(capsys):
     from neurode.app.cli import main
 

@@ -202,7 +202,7 @@ def main(argv: list[str]) -> int:
                 nfe_b += blk.last_stats.nfe_backward
             total += parts["nll"] * xb.shape[0]
             count += xb.shape[0]
-            training.bar.set_postfix(nll=f"{parts['nll']:.3f}")
+            training.bar.set_postfix(nll=f"{parts['nll']:.3f}", refresh=False)
         train_time, elapsed = training.train_seconds, training.elapsed
         rec = {
             "epoch": epoch,
