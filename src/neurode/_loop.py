@@ -27,12 +27,10 @@ from .errors import (
     MaxStepsExceededError,
     NonFiniteStateError,
     StepSizeUnderflowError,
-    UnsupportedCombinationError,
 )
-from .solvers.base import Solver, State, same_time
+from .solvers.base import EPS64, Solver, State, same_time
 from .solvers.controller import Adaptive, FixedGrid
 
-_EPS = 2.220446049250313e-16  # float64 machine epsilon: times are float64
 #: ``(ds, s, q)``: how one step's evaluations move with the times (see ``Field.__call__``)
 Move = tuple[Tensor, float, Tensor | None]
 
@@ -328,10 +326,10 @@ def _check_fixed_resolution(control: FixedGrid, times: list[float]) -> None:
     for a, b in control.segments(times):
         h = abs(b - a) / control.count(a, b)
         scale = max(abs(a), abs(b))
-        if h < 16 * _EPS * scale:
+        if h < 16 * EPS64 * scale:
             raise StepSizeUnderflowError(
                 f"the fixed step h={h:.3g} between t={a:.6g} and t={b:.6g} is below what float64 "
-                f"time resolves at |t|={scale:.3g} (about {16 * _EPS * scale:.3g}); shift t to "
+                f"time resolves at |t|={scale:.3g} (about {16 * EPS64 * scale:.3g}); shift t to "
                 f"start near 0 (f(t - t0, y)) or use a larger step"
             )
 
@@ -377,6 +375,8 @@ def integrate(
         )
         callbacks = Callbacks(step=callbacks.step)
     dense_outputs = not control.exact_outputs and (control.dense if fixed else solver.interpolates)
+    # t.requires_grad with an exact method: the forward records how outputs follow t
+    motion = None if getattr(f, "backward", False) else getattr(f, "motion", None)
     interp = control.interp if fixed and control.interp == "linear" else "auto"
     traj = Trajectory(interp=interp)
     K = len(times) - 1
@@ -475,7 +475,7 @@ def integrate(
                 if accept:
                     r_prev = r_prev_next
                 # `not h >= ...` also catches h = NaN; resolution at the current time
-                if not h >= 16 * _EPS * abs(t) or h == 0.0:
+                if not h >= 16 * EPS64 * abs(t) or h == 0.0:
                     if last_nonfinite:
                         raise NonFiniteStateError(
                             f"f(t, y) produces NaN/Inf at every step size tried near t={t:.6g} "
@@ -517,20 +517,11 @@ def integrate(
                 vals = dense.values([th for _, th in inside])
             for (kk, _), v in zip(inside, vals):
                 outputs[kk] = v
-        if getattr(f, "motion", None) is not None and not dense_outputs and k > first_k + 1:
-            # several outputs at one landing point: no step between them to carry t[k]'s
-            # derivative (with dense outputs, each moves along the interpolant instead)
-            raise UnsupportedCombinationError(
-                f"t requires grad, and output times {times[first_k]!r} and {times[k - 1]!r} "
-                f"are closer than float64 resolves while every output is landed on: use "
-                f"dense outputs (exact_outputs=False), or merge the times"
-            )
-        if getattr(f, "motion", None) is not None and moves and dense_outputs and not f.backward:
-            # how outputs inside the step (and at its end, if the step does not move
-            # with them) follow their times: the interpolant's slopes there
+        if motion is not None and moves:
+            # how the outputs this step reached follow their times (SPEC §5.2)
             ends = [kk for kk in range(first_k, k) if traj.out_steps[kk] is not None]
             with ctx(key):
-                f.motion.reached(t, h_step, inside, ends, dense)
+                motion.reached(t, h_step, inside, ends, dense if dense_outputs else None)
         x, t = x_new, t_new
         if k > first_k:  # one check per step that reached outputs (fixed grids: only there)
             bad = not bool(torch.isfinite(x[0]).all())

@@ -30,10 +30,10 @@ from .errors import (
     MaxStepsExceededError,
 )
 from .odeint import GradientLike, MethodLike
+from .solvers.base import EPS64
 from .solvers.controller import FixedGrid, resolve_control
 from .solvers.registry import resolve_solver
 
-_EPS = 2.220446049250313e-16
 HORIZON = 1e15  # how far an adaptive search may run when no t_max is given
 
 
@@ -155,7 +155,7 @@ def odeint_event(
         lo, hi = 0.0, 1.0
         g_lo = g_prev[0]
         for _ in range(200):
-            if abs(hi - lo) * abs(found.h) <= 4 * _EPS * max(abs(found.t), abs(found.h)):
+            if abs(hi - lo) * abs(found.h) <= 4 * EPS64 * max(abs(found.t), abs(found.h)):
                 break
             mid = 0.5 * (lo + hi)
             g_mid = g_at(found.t + mid * found.h, dense.values([mid])[0])

@@ -23,12 +23,12 @@ from torch import Tensor
 State = tuple[Tensor, ...]
 VectorField = Callable[[float, Tensor], Tensor]
 
-_EPS = 2.220446049250313e-16  # float64 machine epsilon: times are float64
+EPS64 = 2.220446049250313e-16  # float64 machine epsilon: times are float64
 
 
 def same_time(a: float, b: float) -> bool:
     """Two times equal to float64 resolution (an output there is the state there)."""
-    return abs(a - b) <= 4 * _EPS * max(abs(a), abs(b))
+    return abs(a - b) <= 4 * EPS64 * max(abs(a), abs(b))
 
 
 class Solver:

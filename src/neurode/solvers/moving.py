@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from ..errors import UnsupportedCombinationError
-from .base import _EPS, ReversibleSolver, Solver, derived_copy, same_time
+from .base import EPS64, ReversibleSolver, Solver, derived_copy, same_time
 
 #: how the steps follow the times: "final" — one grid from t0, only the last step lands
 #: (dense output); "each" — every output landed on, the grid restarts there;
@@ -73,7 +73,7 @@ class TimeMotion:
         """The output interval (or grid step, ``keys=self.points``) starting at ``t``."""
         keys = self.keys if keys is None else keys
         key = self.sign * t
-        b = bisect.bisect_right(keys, key + 4 * _EPS * abs(key)) - 1
+        b = bisect.bisect_right(keys, key + 4 * EPS64 * abs(key)) - 1
         return min(max(b, 0), len(keys) - 2)
 
     def target(self, t: float, h: float) -> int | None:
@@ -129,7 +129,17 @@ class TimeMotion:
 
     def reached(self, t: float, h: float, inside, ends, dense) -> None:
         """The forward loop's step ``(t, h)`` interpolated outputs ``inside`` (``(k, θ)``)
-        and reached ``ends`` at its end: record how each moves with its time."""
+        on its interpolant ``dense`` (``None``: every output is landed on) and reached
+        ``ends`` at its end: record how each moves with its time."""
+        if dense is None:
+            if len(ends) > 1:  # no step between them to carry the later one's derivative
+                raise UnsupportedCombinationError(
+                    f"t requires grad, and output times {self.times[ends[0]]!r} and "
+                    f"{self.times[ends[-1]]!r} are closer than float64 resolves while every "
+                    f"output is landed on: use dense outputs (exact_outputs=False), or merge "
+                    f"the times"
+                )
+            return  # each output is the end of the step that lands on it and follows it
         if self.mode == "uniform":
             return  # every output is a grid point that moves with it
         m = self.target(t, h)
