@@ -448,8 +448,26 @@ def test_grid_constructor_grid_depending_on_a_parameter_gets_its_gradient():
             ref.append(_loss(f, y0, times, G, **kw))
         s.fill_(0.4)
     assert abs(float(g_s) - float((ref[0] - ref[1]) / (2 * eps))) < 1e-8
-    with pytest.raises(neurode.UnsupportedCombinationError, match="grid that requires grad"):
+    with pytest.raises(neurode.UnsupportedCombinationError, match="other than t"):
         _loss(f, y0, times, G, gradient="adjoint", **kw)
+    # ... also when t requires grad (the adjoint differentiates t, not the grid's s)
+    t = times.clone().requires_grad_(True)
+    with pytest.raises(neurode.UnsupportedCombinationError, match="other than t"):
+        _loss(f, y0, t, G, gradient="adjoint", **kw)
+
+
+def test_grid_constructor_grid_built_from_t_alone_works_with_the_adjoint():
+    # the adjoint's t-gradient is the continuous one, whatever grid the forward used
+    f, y0 = _field()
+    times = [0.1, 0.45, 0.8, 1.3]
+    G = randn(len(times), 3, seed=15)
+    kw = dict(method="rk4", options=dict(grid_constructor=_moving_grid), gradient="adjoint")
+    t = torch.tensor(times, dtype=DT, requires_grad=True)
+    (g_t,) = torch.autograd.grad(_loss(f, y0, t, G, **kw), t)
+    with torch.no_grad():  # dL/dt_k = <G_k, f(t_k, y_k)> for k >= 1
+        ys = neurode.odeint(f, y0, t.detach(), **kw)
+        want = torch.stack([(G[k] * f(t[k], ys[k])).sum() for k in range(1, len(times))])
+    assert torch.allclose(g_t[1:], want, rtol=1e-12, atol=1e-14)
 
 
 @pytest.mark.parametrize("gradient", ["direct", "checkpoint"])

@@ -20,6 +20,7 @@ from ._inputs import (
     check_times,
     explicit_params,
     find_modules,
+    graph_leaves,
     unique_tensors,
 )
 from ._loop import Field, SolveStats, StepRNG
@@ -115,12 +116,17 @@ def solve(
     explicit = explicit_params(params)
     t_grad = isinstance(t, Tensor) and t.requires_grad and torch.is_grad_enabled()
     motion = None  # seg ↦ how the steps of the piece over seg follow the times
-    if moving_grid is not None and isinstance(grad, Adjoint) and not t_grad:
-        raise UnsupportedCombinationError(
-            "grid_constructor returned a grid that requires grad, and the adjoint's backward "
-            "treats its points as constants: that gradient would be dropped. Use an exact "
-            "gradient method, or return the grid detached"
-        )
+    if moving_grid is not None and isinstance(grad, Adjoint):
+        # the adjoint's t-derivative is the continuous one, whatever the grid; a grid built
+        # from anything else would have that gradient dropped
+        stop = (t,) if t_grad else ()
+        if any(q is not t for q in graph_leaves(moving_grid, stop)):
+            raise UnsupportedCombinationError(
+                "grid_constructor returned a grid that requires grad through tensors other "
+                "than t, and the adjoint's backward treats its points as constants: that "
+                "gradient would be dropped. Use an exact gradient method, or return the grid "
+                "detached"
+            )
     if (t_grad or moving_grid is not None) and not isinstance(grad, Adjoint) and len(times) > 1:
         # SPEC §5.2 for the exact methods: the steps move with the times
         t_in = t if isinstance(t, Tensor) else torch.tensor(times, dtype=torch.float64)
